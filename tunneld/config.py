@@ -1,0 +1,339 @@
+"""Configuration: YAML text in, frozen typed objects out.
+
+`parse(text, source)` is pure; `load(path)` is its only I/O. Every error is one
+line that names the file, the line and the key path:
+
+    site-a.yaml:7: transport.remote: expected host:port, got '10.0.0.1'
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from tunneld import limits
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+IFNAMSIZ = 16  # include/uapi/linux/if.h: names are at most 15 bytes plus NUL
+
+
+class ConfigError(Exception):
+    """A configuration mistake, printed as one line: `source:line: key.path: message`."""
+
+    def __init__(self, source: str, line: int, path: str, message: str):
+        self.source, self.line, self.path, self.message = source, line, path, message
+        where = f"{source}:{line}: " if line else f"{source}: "
+        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str  # an IP literal (no brackets) or a host name
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str | None  # None: the kernel picks tun%d / tap%d
+    mode: str  # "tun" | "tap"
+    mtu: int
+    addresses: tuple[IPInterface, ...] = ()
+    mac: str | None = None
+    bridge: str | None = None
+    routes: tuple[IPNetwork, ...] = ()
+    persistent: bool = False
+
+    @property
+    def max_packet(self) -> int:
+        return limits.max_packet(self.mode, self.mtu)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    protocol: str  # "udp" | "tcp"
+    listen: Endpoint | None
+    remote: Endpoint | None
+
+
+@dataclass(frozen=True)
+class Config:
+    interface: InterfaceConfig
+    transport: TransportConfig
+    encryption: None  # None is the explicit plaintext mode ("encryption: none")
+    log_level: str = "info"
+    source: str = "<config>"
+
+
+def load(path: str) -> Config:
+    """Read and parse a config file; an unreadable file is a ConfigError too."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, 0, "", f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, 0, "", "not UTF-8 text") from None
+    return parse(text, source=path)
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    data, lines = _compose(text, source)
+    return _Reader(source, lines).config(data)
+
+
+# --- YAML with line numbers ------------------------------------------------
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """safe_load, plus the line of every key path, and duplicate keys refused."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(source, 1, "", "empty file: expected a mapping of settings")
+        lines: dict[str, int] = {}
+        _record_lines(node, "", lines, source)
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(source, line, "", f"invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(source, 1, "", f"invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            sub = f"{path}.{name}" if path else name
+            if name in seen:
+                raise ConfigError(source, key.start_mark.line + 1, sub, "duplicate key")
+            seen.add(name)
+            lines[sub] = key.start_mark.line + 1
+            _record_lines(value, sub, lines, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, f"{path}[{i}]", lines, source)
+
+
+# --- validation --------------------------------------------------------------
+
+_TYPE_NAMES = {
+    bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+    list: "a list", dict: "a mapping", type(None): "nothing",
+}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def _kind(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    def __init__(self, source: str, lines: dict[str, int]):
+        self.source, self.lines = source, lines
+
+    def error(self, path: str, message: str) -> ConfigError:
+        probe = path
+        while probe not in self.lines and probe:
+            probe = probe.rpartition(".")[0] if "[" not in probe else probe.rpartition("[")[0]
+        return ConfigError(self.source, self.lines.get(probe, 1), path, message)
+
+    # generic shapes
+
+    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(path, f"keys must be strings, got {key!r}")
+            if key not in allowed:
+                sub = f"{path}.{key}" if path else key
+                known = ", ".join(sorted(allowed))
+                raise self.error(sub, f"unknown key (expected one of: {known})")
+        for key in sorted(required - value.keys()):
+            raise self.error(f"{path}.{key}" if path else key, "missing (required)")
+        return value
+
+    def typed(self, value: Any, path: str, kind: type, hint: str = "") -> Any:
+        if type(value) is not kind:  # bool is an int subclass; YAML's 'yes' must not pass as 1
+            extra = f" ({hint})" if hint else ""
+            raise self.error(path, f"expected {_TYPE_NAMES[kind]}, got {_kind(value)} {value!r}{extra}")
+        return value
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise self.error(path, f"expected one of {' | '.join(choices)}, got {value!r}")
+        return value
+
+    def str_list(self, value: Any, path: str) -> list[str]:
+        if not isinstance(value, list):
+            raise self.error(path, f"expected a list, got {_kind(value)}")
+        for i, item in enumerate(value):
+            self.typed(item, f"{path}[{i}]", str)
+        return value
+
+    # the document
+
+    def config(self, data: Any) -> Config:
+        top = self.mapping(data, "", {"interface", "transport", "encryption", "log_level"},
+                           {"interface", "transport", "encryption"})
+        transport = self.transport(top["transport"])
+        interface = self.interface(top["interface"], transport)
+        encryption = self.encryption(top["encryption"])
+        log_level = self.choice(top.get("log_level", "info"), "log_level", LOG_LEVELS)
+        return Config(interface, transport, encryption, log_level, self.source)
+
+    def encryption(self, value: Any) -> None:
+        if value == "none":
+            return None
+        if isinstance(value, dict):
+            raise self.error("encryption", "keyed encryption is not available in this version; use 'none'")
+        raise self.error("encryption", f"expected 'none', got {value!r}")
+
+    def ifname(self, value: Any, path: str) -> str:
+        self.typed(value, path, str)
+        if not value or len(value.encode()) >= IFNAMSIZ:
+            raise self.error(path, f"interface names are 1 to {IFNAMSIZ - 1} bytes, got {value!r}")
+        if value in (".", "..") or any(c in value for c in "/: \t\n") :
+            raise self.error(path, f"not a valid interface name: {value!r}")
+        return value
+
+    def interface(self, value: Any, transport: TransportConfig) -> InterfaceConfig:
+        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent"}
+        m = self.mapping(value, "interface", keys, {"mode"})
+        mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
+        name = self.ifname(m["name"], "interface.name") if m.get("name") is not None else None
+        persistent = self.typed(m.get("persistent", False), "interface.persistent", bool)
+        if persistent and name is None:
+            raise self.error("interface.persistent", "a persistent device needs interface.name")
+        if persistent and "%" in name:
+            raise self.error("interface.name", f"a persistent device needs its exact name, got {name!r}")
+
+        addresses = tuple(self.address(a, f"interface.addresses[{i}]")
+                          for i, a in enumerate(self.str_list(m.get("addresses", []), "interface.addresses")))
+        routes = tuple(self.network(r, f"interface.routes[{i}]")
+                       for i, r in enumerate(self.str_list(m.get("routes", []), "interface.routes")))
+
+        default_mtu = limits.DEFAULT_TAP_MTU if mode == "tap" else limits.DEFAULT_TUN_MTU
+        mtu = self.typed(m.get("mtu", default_mtu), "interface.mtu", int)
+        if not limits.MIN_MTU <= mtu <= limits.MAX_MTU:
+            raise self.error("interface.mtu", f"expected {limits.MIN_MTU} to {limits.MAX_MTU}, got {mtu}")
+        if mtu < limits.IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
+            raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {mtu}")
+        frame = limits.max_packet(mode, mtu)
+        if transport.protocol == "tcp" and frame > limits.SIMPLETUN_BUFFER:
+            raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames; plaintext TCP is simpletun's "
+                             f"wire format, whose peers read at most {limits.SIMPLETUN_BUFFER} bytes")
+        if transport.protocol == "udp" and frame > limits.MAX_UDP_PAYLOAD:
+            raise self.error("interface.mtu", f"{mtu} gives {frame}-byte packets, over the "
+                             f"{limits.MAX_UDP_PAYLOAD}-byte UDP payload limit")
+
+        mac = bridge = None
+        if m.get("mac") is not None:
+            if mode != "tap":
+                raise self.error("interface.mac", "only a tap device has a MAC address")
+            mac = self.typed(m["mac"], "interface.mac", str, "quote it: YAML reads 02:00:... as a number")
+            if not _MAC.match(mac):
+                raise self.error("interface.mac", f"expected a MAC address like 02:00:00:00:00:01, got {mac!r}")
+            first = int(mac[:2], 16)
+            if first & 1 or mac.replace(":", "") == "0" * 12:
+                raise self.error("interface.mac", f"expected a unicast, nonzero MAC address, got {mac!r}")
+            mac = mac.lower()
+        if m.get("bridge") is not None:
+            if mode != "tap":
+                raise self.error("interface.bridge", "only a tap device can join a bridge")
+            bridge = self.ifname(m["bridge"], "interface.bridge")
+        return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent)
+
+    def address(self, text: str, path: str) -> IPInterface:
+        if "/" not in text:
+            raise self.error(path, f"expected address/prefix, got {text!r}")
+        try:
+            return ipaddress.ip_interface(text)
+        except ValueError:
+            raise self.error(path, f"expected address/prefix, got {text!r}") from None
+
+    def network(self, text: str, path: str) -> IPNetwork:
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as e:
+            if "host bits" in str(e):
+                raise self.error(path, f"{text!r} has host bits set") from None
+            raise self.error(path, f"expected network/prefix, got {text!r}") from None
+
+    def endpoint(self, value: Any, path: str) -> Endpoint:
+        if not isinstance(value, str):
+            raise self.error(path, f"expected host:port, got {_kind(value)} {value!r}")
+        bad = self.error(path, f"expected host:port, got {value!r}")
+        if value.startswith("["):
+            host, sep, port = value[1:].partition("]:")
+            if not sep:
+                raise bad
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise self.error(path, f"not an IPv6 address: {host!r}") from None
+        else:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or ":" in host:
+                raise bad
+            if not _HOSTNAME.match(host):
+                raise self.error(path, f"not an IPv4 address or host name: {host!r}")
+            if host.replace(".", "").isdigit():
+                try:
+                    ipaddress.IPv4Address(host)
+                except ValueError:
+                    raise self.error(path, f"not an IPv4 address: {host!r}") from None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise self.error(path, f"port must be 1 to 65535, got {port!r}")
+        return Endpoint(host, int(port))
+
+    def transport(self, value: Any) -> TransportConfig:
+        m = self.mapping(value, "transport", {"protocol", "listen", "remote"}, {"protocol"})
+        protocol = self.choice(m["protocol"], "transport.protocol", ("udp", "tcp"))
+        listen = self.endpoint(m["listen"], "transport.listen") if "listen" in m else None
+        remote = self.endpoint(m["remote"], "transport.remote") if "remote" in m else None
+        if protocol == "tcp" and (listen is None) == (remote is None):
+            raise self.error("transport", "tcp needs exactly one of listen (server) or remote (client)")
+        if protocol == "udp" and listen is None and remote is None:
+            raise self.error("transport", "udp needs listen, remote, or both")
+        if listen is not None and remote is not None:
+            lv6, rv6 = _is_v6(listen.host), _is_v6(remote.host)
+            if lv6 is False and rv6 is True:
+                raise self.error("transport.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
+        if listen is not None and not _is_ip(listen.host):
+            raise self.error("transport.listen", f"expected an IP address to bind, got {listen.host!r}")
+        return TransportConfig(protocol, listen, remote)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_v6(host: str) -> bool | None:
+    """True/False for an IP literal, None for a host name (resolved at start)."""
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return None

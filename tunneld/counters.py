@@ -1,0 +1,27 @@
+"""Per-direction traffic counters, owned by the core and logged at stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Direction:
+    packets: int = 0  # whole packets delivered (rx: to the device, tx: to the transport)
+    bytes: int = 0  # their payload bytes
+    drops: int = 0  # packets let go on purpose: no peer, a full queue, a slow link
+    errors: int = 0  # packets refused as malformed, or failed system calls
+
+    def __str__(self) -> str:
+        return f"{self.packets} packets, {self.bytes} bytes, {self.drops} drops, {self.errors} errors"
+
+
+@dataclass
+class Counters:
+    tx: Direction = field(default_factory=Direction)  # device -> network
+    rx: Direction = field(default_factory=Direction)  # network -> device
+    reconnects: int = 0  # TCP connections established after the first
+    peer_changes: int = 0  # times the UDP peer's address changed
+
+    def summary(self) -> str:
+        return f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes"

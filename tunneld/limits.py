@@ -1,0 +1,43 @@
+"""Sizes and limits, in one place, with their units and where they come from.
+
+Every buffer and frame limit in tunneld is derived from the configured MTU
+through `max_packet()`; nothing on the packet path assumes 1500 or 2000 bytes.
+"""
+
+# Link layer
+ETHERNET_HEADER = 14  # bytes: dst MAC, src MAC, EtherType in front of every TAP frame
+
+# MTU bounds (bytes)
+MIN_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams
+IPV6_MIN_MTU = 1280  # RFC 8200 section 5: Linux disables IPv6 on smaller links
+MAX_MTU = 65535  # the TUN/TAP driver's ceiling
+DEFAULT_TUN_MTU = 1420  # fits a 1500-byte IPv4 or IPv6 underlay, with room for encryption
+DEFAULT_TAP_MTU = 1500  # bridged LAN hosts keep their 1500-byte MTU; outer UDP fragments
+
+# Underlay
+MAX_UDP_PAYLOAD = 65507  # bytes: 65535 - 20 (IPv4 header) - 8 (UDP header)
+
+# simpletun's TCP framing: a 2-byte big-endian length, then the packet
+LENGTH_PREFIX = 2  # bytes
+MAX_LENGTH_FIELD = 0xFFFF  # the largest length two bytes can say
+SIMPLETUN_BUFFER = 2000  # bytes: simpletun's read buffer; a larger plaintext frame breaks it
+
+# TCP transport
+TCP_SEND_QUEUE_FRAMES = 64  # whole frames queued behind a slow TCP peer before we drop
+TCP_RECV_CHUNK = 65536  # bytes read from a TCP socket per recv, at least one largest frame
+RECONNECT_INITIAL = 1.0  # s, first wait after a lost or failed connection
+RECONNECT_MAX = 30.0  # s, the cap the wait doubles up to
+CONNECT_TIMEOUT = 10.0  # s, for one connection attempt
+
+# Socket buffers asked of the kernel (bytes); bounded, sized for bursts at line rate
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def link_header(mode: str) -> int:
+    """Bytes a device frame carries in front of the IP packet."""
+    return ETHERNET_HEADER if mode == "tap" else 0
+
+
+def max_packet(mode: str, mtu: int) -> int:
+    """The largest whole packet (TUN) or frame (TAP) the interface can carry."""
+    return mtu + link_header(mode)

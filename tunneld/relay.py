@@ -1,0 +1,118 @@
+"""The packet path: Device <-> core <-> Transport, one callback per readable fd.
+
+    device readable --device_readable()--> Tunnel.from_device --> Transport.send
+    transport message --message()--> Tunnel.from_network --> Device.write
+
+Each callback drains a bounded burst, hands every packet to the core and carries
+out what the core asked for at once (so a reused read buffer is never held),
+then logs the core's events. No awaits, queues or thread hops per packet.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Callable
+
+from tunneld.io import Address, Device, Transport
+from tunneld.tunnel import Tunnel
+
+log = logging.getLogger("tunneld")
+
+DRAIN_BURST = 256  # packets per callback before yielding to the loop (level-triggered: it calls again)
+_DEVICE_GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Relay:
+    def __init__(self, core: Tunnel, device: Device, transport: Transport | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_fatal: Callable[[str], None] | None = None):
+        self.core = core
+        self.device = device
+        self.transport = transport
+        self.clock = clock
+        self.on_fatal = on_fatal or (lambda why: log.error("%s", why))
+
+    def device_readable(self) -> None:
+        core, read = self.core, self.device.read
+        now = self.clock()
+        for _ in range(DRAIN_BURST):
+            try:
+                packet = read()
+            except OSError as e:
+                core.counters.tx.errors += 1
+                if e.errno in _DEVICE_GONE:
+                    self.on_fatal(f"{self.device.name}: device went away ({e.strerror})")
+                    break
+                core.note(now, "device-read", "warning", f"{self.device.name}: read failed: {e.strerror}")
+                break
+            if packet is None:
+                break
+            core.from_device(packet, now)
+            if core.datagrams:
+                self._send(now)
+        if core.events:
+            self.log_events()
+
+    def message(self, message: bytes | memoryview, addr: Address) -> None:
+        """A transport's on_message callback."""
+        core = self.core
+        now = self.clock()
+        core.from_network(message, addr, now)
+        if core.packets:
+            self._deliver(now)
+        if core.datagrams:
+            self._send(now)
+        if core.events:
+            self.log_events()
+
+    def transport_error(self, text: str, kind: str = "transport") -> None:
+        """A transport refused input from the network (bad framing, oversize):
+        counted, and logged at most once per interval per kind."""
+        core = self.core
+        core.counters.rx.errors += 1
+        core.note(self.clock(), kind, "warning", text)
+        self.log_events()
+
+    def peer_up(self, addr: Address) -> None:
+        self.core.peer_up(addr)
+
+    def peer_down(self) -> None:
+        self.core.peer_down()
+
+    def _send(self, now: float) -> None:
+        core = self.core
+        tx, send = core.counters.tx, self.transport.send
+        for message, addr in core.datagrams:
+            try:
+                if send(message, addr):
+                    tx.packets += 1
+                    tx.bytes += len(message)
+                else:
+                    tx.drops += 1
+            except OSError as e:
+                tx.errors += 1
+                core.note(now, "send", "warning", f"send to {addr} failed: {e.strerror}")
+        core.datagrams.clear()
+
+    def _deliver(self, now: float) -> None:
+        core = self.core
+        rx, write = core.counters.rx, self.device.write
+        for packet in core.packets:
+            try:
+                if write(packet):
+                    rx.packets += 1
+                    rx.bytes += len(packet)
+                else:
+                    rx.drops += 1
+            except OSError as e:
+                rx.errors += 1
+                core.note(now, "device-write", "warning", f"{self.device.name}: write failed: {e.strerror}")
+        core.packets.clear()
+
+    def log_events(self) -> None:
+        for level, text in self.core.events:
+            log.log(_LEVELS[level], "%s", text)
+        self.core.events.clear()
