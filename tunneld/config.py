@@ -249,7 +249,7 @@ class _Reader:
         if m.get("mac") is not None:
             if mode != "tap":
                 raise self.error("interface.mac", "only a tap device has a MAC address")
-            mac = self.typed(m["mac"], "interface.mac", str, "quote it: YAML reads 02:00:... as a number")
+            mac = self.typed(m["mac"], "interface.mac", str, "quote it: unquoted, YAML can read a MAC address as a number")
             if not _MAC.match(mac):
                 raise self.error("interface.mac", f"expected a MAC address like 02:00:00:00:00:01, got {mac!r}")
             first = int(mac[:2], 16)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 
 from tunneld.config import Endpoint
@@ -84,5 +85,14 @@ def fmt(addr) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def reason(e: BaseException) -> str:
+    """An OS error in the kernel's words ("connection refused"), whatever wrapped it."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
 def bind_error(proto: str, ep: Endpoint, e: OSError) -> StartupError:
-    return StartupError(f"{proto}: cannot listen on {ep}: {(e.strerror or str(e)).lower()}")
+    return StartupError(f"{proto}: cannot listen on {ep}: {reason(e)}")

@@ -68,13 +68,16 @@ class Relay:
         if core.events:
             self.log_events()
 
-    def transport_error(self, text: str, kind: str = "transport") -> None:
-        """A transport refused input from the network (bad framing, oversize):
-        counted, and logged at most once per interval per kind."""
+    def transport_error(self, text: str, kind: str | None = None) -> None:
+        """A transport refused input from the network: counted and logged. With a
+        `kind` (per-datagram events a flood could repeat), at most once per interval."""
         core = self.core
         core.counters.rx.errors += 1
-        core.note(self.clock(), kind, "warning", text)
-        self.log_events()
+        if kind is None:
+            log.warning("%s", text)
+        else:
+            core.note(self.clock(), kind, "warning", text)
+            self.log_events()
 
     def peer_up(self, addr: Address) -> None:
         self.core.peer_up(addr)

@@ -119,8 +119,7 @@ class TcpTransport:
             except (OSError, asyncio.TimeoutError, StartupError) as e:
                 if sock is not None:
                     sock.close()
-                why = "timed out" if isinstance(e, asyncio.TimeoutError) else (getattr(e, "strerror", None) or str(e))
-                log.warning("tcp: cannot connect to %s: %s; retrying in %g s", ep, why.lower(), wait)
+                log.warning("tcp: cannot connect to %s: %s; retrying in %g s", ep, netaddr.reason(e), wait)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECONNECT_MAX)
                 continue
@@ -162,7 +161,7 @@ class TcpTransport:
             except BlockingIOError:
                 return
             except OSError as e:
-                self._lose(conn, (e.strerror or str(e)).lower())
+                self._lose(conn, netaddr.reason(e))
                 return
             try:
                 if n == 0:
@@ -171,8 +170,9 @@ class TcpTransport:
                     return
                 frames = conn.decoder.feed(view[:n])
             except FramingError as e:
-                self.on_error(f"tcp: {netaddr.fmt(conn.addr)} sent a bad frame ({e}); closing that connection", "framing")
-                self._lose(conn, f"bad frame: {e.kind}")
+                # one line per connection: as many as the accepts, which are logged too
+                self.on_error(f"tcp: {netaddr.fmt(conn.addr)} sent a bad frame ({e}); closing that connection")
+                self._lose(conn, f"bad frame: {e.kind}", quiet=True)
                 return
             for frame in frames:
                 deliver(frame, conn.addr)
@@ -194,7 +194,7 @@ class TcpTransport:
         except BlockingIOError:
             n = 0
         except OSError as e:
-            self._lose(conn, (e.strerror or str(e)).lower())
+            self._lose(conn, netaddr.reason(e))
             return False
         if n < len(frame):
             conn.out.append(memoryview(frame)[n:])
@@ -213,7 +213,7 @@ class TcpTransport:
             except BlockingIOError:
                 return
             except OSError as e:
-                self._lose(conn, (e.strerror or str(e)).lower())
+                self._lose(conn, netaddr.reason(e))
                 return
             if n < len(head):
                 out[0] = memoryview(head)[n:]
@@ -221,11 +221,11 @@ class TcpTransport:
             out.popleft()
         self._loop.remove_writer(conn.fd)
 
-    def _lose(self, conn: _Connection, why: str) -> None:
+    def _lose(self, conn: _Connection, why: str, quiet: bool = False) -> None:
         """The connection is gone: stop using it; a client then reconnects."""
         if self.conn is conn:
             self._close_conn(conn)
-            if self.listener is not None:
+            if self.listener is not None and not quiet:
                 log.warning("tcp: connection from %s lost (%s)", netaddr.fmt(conn.addr), why)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(why)

@@ -25,7 +25,7 @@ class UdpTransport:
                  on_error=None):
         self.sock = sock
         self.on_message = on_message
-        self.on_error = on_error or (lambda text: log.warning("%s", text))
+        self.on_error = on_error or (lambda text, kind=None: log.warning("%s", text))
         self.max_message = max_message
         self._buf = bytearray(max_message + 1)  # one more: a longer datagram is refused, not cut
         self._view = memoryview(self._buf)
@@ -72,10 +72,10 @@ class UdpTransport:
             except BlockingIOError:
                 return
             except OSError as e:  # e.g. an ICMP error queued on the socket
-                self.on_error(f"udp: receive failed: {e.strerror}")
+                self.on_error(f"udp: receive failed: {netaddr.reason(e)}", "udp-receive")
                 return
             if n > limit:
-                self.on_error(f"udp: dropped an oversize datagram from {netaddr.fmt(addr)} (over {limit} bytes)")
+                self.on_error(f"udp: dropped an oversize datagram from {netaddr.fmt(addr)} (over {limit} bytes)", "udp-oversize")
                 continue
             deliver(view[:n], addr)
 

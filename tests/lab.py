@@ -1,0 +1,170 @@
+"""A lab of network namespaces for one test: unique names, and everything it
+made (processes by pid, namespaces and with them their links) removed at the
+end even when the test fails.
+
+With CI=true a missing prerequisite (root, /dev/net/tun, a peer program) fails
+the test; elsewhere it skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() == "true"
+HELPERS = Path(__file__).parent / "helpers"
+
+
+def require(ok: bool, why: str) -> None:
+    if not ok:
+        if CI:
+            pytest.fail(f"CI=true and {why}", pytrace=False)
+        pytest.skip(why)
+
+
+def require_netns(*programs: str) -> None:
+    require(os.geteuid() == 0, "this test needs root (network namespaces, TUN/TAP)")
+    require(os.path.exists("/dev/net/tun"), "this test needs /dev/net/tun")
+    for p in ("ip", *programs):
+        require(shutil.which(p) is not None, f"this test needs the program {p!r} (scripts/test installs it)")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Daemon:
+    """One tunneld process in a namespace; its stderr goes to a file."""
+
+    def __init__(self, lab: "Lab", ns: str, config: Path, log: Path):
+        self.lab, self.ns, self.config, self.log_path = lab, ns, config, log
+        self.proc = lab.spawn(ns, sys.executable, "-m", "tunneld", "--config", str(config), stderr=log)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_up(self, timeout: float = 15) -> "Daemon":
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tunneld exited with {self.proc.returncode}:\n{self.log}")
+            return ": up, " in self.log
+        wait_for(ready, timeout, what=f"tunneld in {self.ns} to come up")
+        return self
+
+    def wait_log(self, text: str, timeout: float = 15) -> None:
+        wait_for(lambda: text in self.log, timeout, what=f"{text!r} in the log of tunneld in {self.ns}:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+class Lab:
+    def __init__(self, tmp: Path):
+        self.tag = secrets.token_hex(3)
+        self.tmp = tmp
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self._files: list = []
+        self._n = 0
+
+    def name(self, prefix: str) -> str:
+        """A name unique to this run, short enough for an interface (15 bytes)."""
+        self._n += 1
+        return f"{prefix}{self.tag}{self._n}"[:15]
+
+    def ns(self) -> str:
+        name = self.name("tdns")
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.namespaces.append(name)
+        self.run(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def run(self, ns: str | None, *cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout, **kw)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(full)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def ip(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(None, "ip", "-n", ns, *args, check=check)
+
+    def spawn(self, ns: str | None, *cmd: str, stderr: Path | None = None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+        full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+        err = open(stderr, "wb") if stderr else subprocess.DEVNULL
+        if stderr:
+            self._files.append(err)
+        p = subprocess.Popen(full, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def veth(self, ns1: str, addr1: str | None, ns2: str, addr2: str | None, mtu: int = 1500) -> tuple[str, str]:
+        """A veth pair from ns1 to ns2, addressed and up."""
+        a, b = self.name("tdv"), self.name("tdv")
+        subprocess.run(["ip", "link", "add", a, "mtu", str(mtu), "netns", ns1, "type", "veth",
+                        "peer", "name", b, "mtu", str(mtu), "netns", ns2], check=True)
+        for ns, dev, addr in ((ns1, a, addr1), (ns2, b, addr2)):
+            if addr:
+                self.ip(ns, "addr", "add", addr, "dev", dev)
+            self.ip(ns, "link", "set", dev, "up")
+        return a, b
+
+    def config(self, text: str) -> Path:
+        path = self.tmp / f"{self.name('cfg')}.yaml"
+        path.write_text(text)
+        return path
+
+    def daemon(self, ns: str, text: str) -> Daemon:
+        cfg = self.config(text)
+        return Daemon(self, ns, cfg, cfg.with_suffix(".log"))
+
+    def ping(self, ns: str, addr: str, count: int = 3, check: bool = True, size: int | None = None) -> subprocess.CompletedProcess:
+        cmd = ["ping", "-c", str(count), "-i", "0.2", "-W", "2", addr]
+        if size is not None:
+            cmd[1:1] = ["-s", str(size), "-M", "do"]
+        return self.run(ns, *cmd, check=check)
+
+    def transfer(self, src_ns: str, dst_ns: str, dst_addr: str, size: int = 20_000_000, port: int = 5001) -> tuple[str, str]:
+        """Send `size` pseudo-random bytes over TCP through the tunnel; (sent sha256, received sha256)."""
+        out = self.tmp / f"{self.name('sink')}.out"
+        sink = self.spawn(dst_ns, sys.executable, str(HELPERS / "xfer.py"), "sink", "::", str(port), stdout=open(out, "w"))
+        wait_for(lambda: "listening" in out.read_text(), 10, what="the sink to listen")
+        sent = self.run(src_ns, sys.executable, str(HELPERS / "xfer.py"), "source", dst_addr, str(port), str(size),
+                        timeout=180).stdout.split()
+        sink.wait(60)
+        got = out.read_text().split()
+        assert got[-2] == str(size), f"received {got[-2]} of {size} bytes"
+        return sent[0], got[-1]
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for f in self._files:
+            f.close()
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -1,0 +1,149 @@
+"""One contract, every implementation: the in-memory fakes must behave like the
+real transports (UDP, TCP on loopback, no root needed) so that tests of the core
+on fakes say something about the real thing. The TUN/TAP side of the Device
+contract runs in a namespace: tests/test_netns_device.py.
+"""
+
+import asyncio
+import socket
+
+import pytest
+
+from tunneld.config import Endpoint, TransportConfig
+from tunneld.tcp import TcpTransport
+from tunneld.testing import MemoryDevice, MemoryNetwork
+from tunneld.udp import UdpTransport
+
+MAX = 1514
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Harness:
+    """a and b, each collecting what it receives in `got_a` / `got_b`."""
+
+    def __init__(self):
+        self.got_a, self.got_b, self.errors = [], [], []
+        self.net = None
+
+    def on_a(self, message, addr):
+        self.got_a.append((bytes(message), addr))
+
+    def on_b(self, message, addr):
+        self.got_b.append((bytes(message), addr))
+
+    async def settle(self, want_b: int, timeout: float = 5.0):
+        if self.net is not None:
+            self.net.deliver()
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.got_b) < want_b and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+
+async def memory_pair(h):
+    h.net = MemoryNetwork()
+    a = h.net.transport(("a", 1), h.on_a)
+    b = h.net.transport(("b", 2), h.on_b)
+    return a, b, ("b", 2), ("a", 1)
+
+
+async def udp_pair(h):
+    pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    a, _ = await UdpTransport.open(TransportConfig("udp", Endpoint("127.0.0.1", pa), None), h.on_a, MAX, h.errors.append)
+    b, _ = await UdpTransport.open(TransportConfig("udp", Endpoint("127.0.0.1", pb), None), h.on_b, MAX, h.errors.append)
+    return a, b, ("127.0.0.1", pb), ("127.0.0.1", pa)
+
+
+async def tcp_pair(h):
+    port = free_port()
+    ups = []
+    b = await TcpTransport.open(TransportConfig("tcp", Endpoint("127.0.0.1", port), None), MAX, h.on_b,
+                                ups.append, lambda: None, lambda t, k="": h.errors.append(t))
+    a = await TcpTransport.open(TransportConfig("tcp", None, Endpoint("127.0.0.1", port)), MAX, h.on_a,
+                                ups.append, lambda: None, lambda t, k="": h.errors.append(t))
+    for _ in range(500):
+        if len(ups) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(ups) == 2, "tcp pair did not connect"
+    return a, b, ups[0], ups[1]
+
+
+PAIRS = {"memory": memory_pair, "udp": udp_pair, "tcp": tcp_pair}
+
+
+@pytest.fixture(params=list(PAIRS))
+async def transports(request):
+    h = Harness()
+    a, b, to_b, a_seen_by_b = await PAIRS[request.param](h)
+    yield h, a, b, to_b, a_seen_by_b
+    a.close()
+    b.close()
+
+
+async def test_messages_arrive_whole_and_in_order(transports):
+    h, a, b, to_b, _ = transports
+    sent = [bytes([i % 256]) * (1 + i * 37 % MAX) for i in range(50)] + [b"\x45" * MAX, b"\x01"]
+    for m in sent:
+        assert a.send(m, to_b) is True
+    await h.settle(len(sent))
+    assert [m for m, _ in h.got_b] == sent
+    assert h.errors == []
+
+
+async def test_memoryview_messages(transports):
+    h, a, b, to_b, _ = transports
+    buf = bytearray(b"\x45" * 100 + b"tail")
+    assert a.send(memoryview(buf)[50:], to_b)
+    await h.settle(1)
+    assert h.got_b[0][0] == bytes(buf[50:])
+
+
+async def test_reply_reaches_the_sender_address(transports):
+    h, a, b, to_b, _ = transports
+    a.send(b"ping", to_b)
+    await h.settle(1)
+    _, from_a = h.got_b[0]
+    assert b.send(b"pong", from_a)
+    for _ in range(500):
+        if h.net is not None:
+            h.net.deliver()
+        if h.got_a:
+            break
+        await asyncio.sleep(0.01)
+    assert h.got_a[0][0] == b"pong"
+
+
+async def test_closed_transport_receives_nothing(transports):
+    h, a, b, to_b, _ = transports
+    b.close()
+    a.send(b"late", to_b)
+    await h.settle(1, timeout=0.3)
+    assert h.got_b == []
+
+
+async def test_tcp_send_without_connection_is_a_drop():
+    h = Harness()
+    t = await TcpTransport.open(TransportConfig("tcp", Endpoint("127.0.0.1", free_port()), None), MAX,
+                                h.on_b, lambda a: None, lambda: None, lambda t, k="": None)
+    try:
+        assert t.send(b"\x45" * 20, None) is False
+    finally:
+        t.close()
+
+
+def test_memory_device_contract():
+    d = MemoryDevice()
+    assert d.read() is None
+    d.inject(b"\x45" * 20)
+    assert d.read() == b"\x45" * 20
+    assert d.read() is None
+    assert d.write(memoryview(b"\x60" * 40)) is True
+    assert d.written == [b"\x60" * 40]
+    d.full = True
+    assert d.write(b"\x45" * 20) is False

@@ -1,0 +1,157 @@
+"""The core, driven through the in-memory device and network with a fake clock."""
+
+import logging
+
+from tunneld.relay import Relay
+from tunneld.session import PlaintextSession
+from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
+from tunneld.tunnel import Tunnel
+from tests.packets import ethernet, ipv4_udp, ipv6_udp
+
+A, B = ("10.77.0.1", 55555), ("10.77.0.2", 55555)
+PING = ipv4_udp("10.9.0.1", "10.9.0.2", 1000, 2000, b"hello")
+PONG = ipv4_udp("10.9.0.2", "10.9.0.1", 2000, 1000, b"world")
+
+
+class Site:
+    def __init__(self, net, addr, clock, *, endpoint=None, roaming=True, mode="tun", mtu=1420):
+        self.core = Tunnel(PlaintextSession(), mode, mtu + (14 if mode == "tap" else 0),
+                           endpoint=endpoint, roaming=roaming)
+        self.device = MemoryDevice()
+        self.relay = Relay(self.core, self.device, clock=clock)
+        self.transport = net.transport(addr, self.relay.message)
+        self.relay.transport = self.transport
+
+    def send(self, *packets):
+        for p in packets:
+            self.device.inject(p)
+        self.relay.device_readable()
+
+
+def pair(**b_kwargs):
+    net, clock = MemoryNetwork(), FakeClock()
+    a = Site(net, A, clock, endpoint=B, roaming=False)
+    b = Site(net, B, clock, **b_kwargs)
+    return net, a, b
+
+
+def test_packets_cross_both_ways_and_are_counted():
+    net, a, b = pair()
+    a.send(PING, PING)
+    net.deliver()
+    assert b.device.written == [PING, PING]
+    b.send(PONG)  # b learned a's address from the first packet
+    net.deliver()
+    assert a.device.written == [PONG]
+    assert (a.core.counters.tx.packets, a.core.counters.tx.bytes) == (2, 2 * len(PING))
+    assert (b.core.counters.rx.packets, b.core.counters.rx.bytes) == (2, 2 * len(PING))
+    assert (a.core.counters.rx.packets, b.core.counters.tx.packets) == (1, 1)
+    assert b.core.endpoint == A
+
+
+def test_listener_without_peer_drops_and_counts():
+    net, a, b = pair()
+    b.send(PONG)
+    net.deliver()
+    assert a.device.written == []
+    assert b.core.counters.tx.drops == 1
+    assert b.core.counters.tx.packets == 0
+
+
+def test_learned_peer_is_followed_and_logged(caplog):
+    caplog.set_level(logging.INFO, logger="tunneld")
+    net, a, b = pair()
+    a.send(PING)
+    net.deliver()
+    a.transport.move(("10.77.0.9", 40000))  # NAT rebinding
+    a.send(PING)
+    net.deliver()
+    assert b.core.endpoint == ("10.77.0.9", 40000)
+    assert b.core.counters.peer_changes == 1
+    assert "peer moved from 10.77.0.1:55555 to 10.77.0.9:40000" in caplog.text
+    b.send(PONG)
+    net.deliver()
+    assert a.device.written == [PONG]
+
+
+def test_pinned_peer_ignores_strangers(caplog):
+    net, a, b = pair()
+    stranger = net.transport(("10.77.0.66", 1234))
+    stranger.send(PONG, A)
+    stranger.send(PONG, A)
+    net.deliver()
+    assert a.device.written == []
+    assert a.core.counters.rx.drops == 2
+    assert a.core.endpoint == B
+    assert caplog.text.count("not the configured peer 10.77.0.2:55555") == 1  # rate-limited
+
+
+def test_malformed_packets_are_dropped_and_counted():
+    net, a, b = pair()
+    for bad in (b"\x00" * 40, b"\x75" + b"\x00" * 39, b"", b"\x45" * 1421):
+        a.transport.send(bad, B)
+    net.deliver()
+    assert b.device.written == []
+    assert b.core.counters.rx.errors == 4
+    a.send(ipv6_udp("fd09::1", "fd09::2", 1, 2, b"v6"))
+    net.deliver()
+    assert len(b.device.written) == 1
+
+
+def test_tap_frames_need_an_ethernet_header():
+    net, clock = MemoryNetwork(), FakeClock()
+    a = Site(net, A, clock, endpoint=B, roaming=False, mode="tap", mtu=1500)
+    b = Site(net, B, clock, mode="tap", mtu=1500)
+    frame = ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", 0x0806, b"\x00" * 28)
+    full = ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", 0x0800, b"\x45" * 1500)
+    a.send(frame, full)
+    a.transport.send(b"\x02" * 13, B)  # shorter than an Ethernet header
+    a.transport.send(full + b"x", B)  # one byte over MTU + 14
+    net.deliver()
+    assert b.device.written == [frame, full]
+    assert b.core.counters.rx.errors == 2
+
+
+def test_slow_transport_drops_at_the_device_and_counts():
+    net, a, b = pair()
+    a.transport.full = True
+    a.send(PING, PING, PING)
+    assert a.core.counters.tx.drops == 3
+    assert a.core.datagrams == []  # nothing held back without bound
+    a.transport.full = False
+    a.send(PING)
+    net.deliver()
+    assert b.device.written == [PING]
+
+
+def test_full_device_drops_and_counts():
+    net, a, b = pair()
+    b.device.full = True
+    a.send(PING, PING)
+    net.deliver()
+    assert b.core.counters.rx.drops == 2
+    assert b.core.packets == []
+
+
+def test_drain_is_bounded_per_callback():
+    net, a, b = pair()
+    for _ in range(1000):
+        a.device.inject(PING)
+    a.relay.device_readable()
+    assert len(a.device.inbox) == 1000 - 256  # the loop calls again while the fd stays readable
+    while a.device.inbox:
+        a.relay.device_readable()
+    net.deliver()
+    assert len(b.device.written) == 1000
+
+
+def test_stream_peer_up_and_down():
+    core = Tunnel(PlaintextSession(), "tun", 1420)
+    core.from_device(PING, 0.0)
+    assert core.counters.tx.drops == 1
+    core.peer_up(("10.77.0.1", 40000))
+    core.from_device(PING, 0.0)
+    assert core.datagrams == [(PING, ("10.77.0.1", 40000))]
+    core.peer_down()
+    core.peer_up(("10.77.0.1", 40001))
+    assert core.counters.reconnects == 1
