@@ -1,0 +1,65 @@
+"""c. A TAP tunnel bridging two LANs into one subnet.
+
+    ns hostA                ns gwA                                ns gwB                ns hostB
+    +------------+   +--------------------------+          +--------------------------+   +------------+
+    | 10.60.0.1  |   | brA: [veth] + [tap]      |  veth    | brB: [veth] + [tap]      |   | 10.60.0.2  |
+    | mtu 1500   |---|        tunneld (tap)     |----------|        tunneld (tap)     |---| mtu 1500   |
+    +------------+   | 10.77.0.1/24  mtu 1500   |          | 10.77.0.2/24  mtu 1500   |   +------------+
+                     +--------------------------+          +--------------------------+
+                                  \\====== tunnel (udp|tcp 55555) ======//
+
+The hosts share 10.60.0.0/24 and keep their 1500-byte MTU: ARP resolves across
+the tunnel and full-size frames (1514 bytes) cross it. Over UDP the outer
+datagram (1542 bytes) exceeds the 1500-byte underlay and the kernel fragments
+it (tunneld clears DF); over TCP the stream carries it.
+"""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+
+def gateway(tap: str, bridge: str, me: int, proto: str) -> str:
+    transport = ({"udp": f'listen: "0.0.0.0:55555", remote: "10.77.0.{3 - me}:55555"',
+                  "tcp": 'listen: "0.0.0.0:55555"' if me == 2 else 'remote: "10.77.0.2:55555"'}[proto])
+    return (f"interface: {{name: {tap}, mode: tap, bridge: {bridge}, mac: \"02:00:00:00:00:0{me}\"}}\n"
+            f"transport: {{protocol: {proto}, {transport}}}\n"
+            "encryption: none\n")
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tap_bridges_two_lans(lab, proto):
+    host_a, gw_a, gw_b, host_b = lab.ns(), lab.ns(), lab.ns(), lab.ns()
+    lab.veth(gw_a, "10.77.0.1/24", gw_b, "10.77.0.2/24")
+    bridges = {}
+    for host, gw, addr in ((host_a, gw_a, "10.60.0.1/24"), (host_b, gw_b, "10.60.0.2/24")):
+        br = lab.name("tdbr")
+        lab.ip(gw, "link", "add", br, "type", "bridge")
+        lab.ip(gw, "link", "set", br, "up")
+        _, gw_port = lab.veth(host, addr, gw, None)
+        lab.ip(gw, "link", "set", gw_port, "master", br)
+        bridges[gw] = br
+    taps = {gw_a: lab.name("tdtap"), gw_b: lab.name("tdtap")}
+    db = lab.daemon(gw_b, gateway(taps[gw_b], bridges[gw_b], 2, proto)).wait_up()
+    da = lab.daemon(gw_a, gateway(taps[gw_a], bridges[gw_a], 1, proto)).wait_up()
+    if proto == "tcp":
+        da.wait_log("tcp: connected to")
+
+    tap = json.loads(lab.ip(gw_a, "-j", "link", "show", taps[gw_a]).stdout)[0]
+    assert tap["mtu"] == 1500 and tap["master"] == bridges[gw_a]
+    assert tap["address"] == "02:00:00:00:00:01"
+
+    lab.ping(host_a, "10.60.0.2")  # ARP resolves across the tunnel
+    lab.ping(host_b, "10.60.0.1")
+    neigh = lab.ip(host_a, "neigh", "show", "10.60.0.2").stdout
+    assert "lladdr" in neigh
+    lab.ping(host_a, "10.60.0.2", size=1472, count=2)  # a full 1500-byte IP packet with DF
+    for host in (host_a, host_b):
+        dev = json.loads(lab.ip(host, "-j", "link", "show").stdout)
+        assert all(d["mtu"] == 1500 for d in dev if d["ifname"] != "lo")
+    sent, got = lab.transfer(host_a, host_b, "10.60.0.2")
+    assert sent == got
+    assert da.stop() == 0 and db.stop() == 0
+    assert "Traceback" not in da.log + db.log
