@@ -14,9 +14,9 @@ PONG = ipv4_udp("10.9.0.2", "10.9.0.1", 2000, 1000, b"world")
 
 
 class Site:
-    def __init__(self, net, addr, clock, *, endpoint=None, roaming=True, mode="tun", mtu=1420):
+    def __init__(self, net, addr, clock, *, endpoint=None, pinned=False, mode="tun", mtu=1420):
         self.core = Tunnel(PlaintextSession(), mode, mtu + (14 if mode == "tap" else 0),
-                           endpoint=endpoint, roaming=roaming)
+                           endpoint=endpoint, pinned=pinned)
         self.device = MemoryDevice()
         self.relay = Relay(self.core, self.device, clock=clock)
         self.transport = net.transport(addr, self.relay.message)
@@ -30,7 +30,7 @@ class Site:
 
 def pair(**b_kwargs):
     net, clock = MemoryNetwork(), FakeClock()
-    a = Site(net, A, clock, endpoint=B, roaming=False)
+    a = Site(net, A, clock, endpoint=B, pinned=True)
     b = Site(net, B, clock, **b_kwargs)
     return net, a, b
 
@@ -100,7 +100,7 @@ def test_malformed_packets_are_dropped_and_counted():
 
 def test_tap_frames_need_an_ethernet_header():
     net, clock = MemoryNetwork(), FakeClock()
-    a = Site(net, A, clock, endpoint=B, roaming=False, mode="tap", mtu=1500)
+    a = Site(net, A, clock, endpoint=B, pinned=True, mode="tap", mtu=1500)
     b = Site(net, B, clock, mode="tap", mtu=1500)
     frame = ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", 0x0806, b"\x00" * 28)
     full = ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", 0x0800, b"\x45" * 1500)

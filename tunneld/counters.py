@@ -22,6 +22,11 @@ class Counters:
     rx: Direction = field(default_factory=Direction)  # network -> device
     reconnects: int = 0  # TCP connections established after the first
     peer_changes: int = 0  # times the UDP peer's address changed
+    handshakes: int = 0  # handshakes completed
+    auth_failures: int = 0  # messages refused by mac1 or decryption
+    replays: int = 0  # authentic messages refused as repeats
+    cookies_sent: int = 0  # cookie replies sent while under load
 
     def summary(self) -> str:
-        return f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes"
+        return (f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes, "
+                f"{self.handshakes} handshakes, {self.auth_failures} authentication failures")

@@ -28,12 +28,17 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class Relay:
     def __init__(self, core: Tunnel, device: Device, transport: Transport | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_fatal: Callable[[str], None] | None = None):
+                 on_fatal: Callable[[str], None] | None = None,
+                 arm: Callable[[float], None] | None = None):
+        """`arm(when)`: have timer_fired() called at `when` (on `clock`), replacing
+        any earlier request; the daemon backs it with one loop.call_later handle."""
         self.core = core
         self.device = device
         self.transport = transport
         self.clock = clock
         self.on_fatal = on_fatal or (lambda why: log.error("%s", why))
+        self.arm = arm
+        self.armed_at = float("inf")
 
     def device_readable(self) -> None:
         core, read = self.core, self.device.read
@@ -55,6 +60,7 @@ class Relay:
                 self._send(now)
         if core.events:
             self.log_events()
+        self._rearm()
 
     def message(self, message: bytes | memoryview, addr: Address) -> None:
         """A transport's on_message callback."""
@@ -67,6 +73,29 @@ class Relay:
             self._send(now)
         if core.events:
             self.log_events()
+        self._rearm()
+
+    def timer_fired(self) -> None:
+        """The one timer: the core decides what, if anything, is due."""
+        self.armed_at = float("inf")
+        core = self.core
+        now = self.clock()
+        core.on_timer(now)
+        if core.datagrams:
+            self._send(now)
+        if core.events:
+            self.log_events()
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Arm the timer only when the core's deadline moved earlier; a timer that
+        fires early finds nothing due and re-arms. No cancel/re-create per packet."""
+        if self.arm is None:
+            return
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline < self.armed_at:
+            self.armed_at = deadline
+            self.arm(deadline)
 
     def transport_error(self, text: str, kind: str | None = None) -> None:
         """A transport refused input from the network: counted and logged. With a

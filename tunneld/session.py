@@ -1,9 +1,18 @@
 """Sessions: what turns a device packet into a wire message and back.
 
-The core hands every packet through a session. `PlaintextSession` is the
-explicit `encryption: none` mode, byte-compatible with simpletun: the wire
-message is the packet itself. The encryption issue adds a WireGuard session
-with the same two calls.
+The core hands every packet through a session with this contract:
+
+    seal(packet, now) -> message | None     None: staged or dropped by the session
+    open(message, addr, now) -> packet | None
+                                            None: nothing for the device; b"": a keepalive
+    accepted_from                           the source of the last message the session
+                                            accepted (authenticated, when it can tell)
+    control                                 (message, addr or None) the session wants sent
+    next_deadline() / on_timer(now)         its timers, on the caller's clock
+    padded                                  packets may carry padding the core trims
+
+`PlaintextSession` is the explicit `encryption: none` mode, byte-compatible with
+simpletun; `tunneld.wg.peer.WireGuardSession` is WireGuard's protocol.
 """
 
 from __future__ import annotations
@@ -11,12 +20,31 @@ from __future__ import annotations
 
 class PlaintextSession:
     """No encryption: the message is the packet. Nothing here can be authenticated,
-    so a plaintext tunnel only follows a peer that the config did not pin."""
+    so the core pins a plaintext tunnel to a configured peer."""
 
-    authenticated = False
+    padded = False
+
+    def __init__(self) -> None:
+        self.control: list = []
+        self.accepted_from = None
+        self.counters = None
+
+    def bind(self, counters, events, note) -> None:
+        self.counters = counters
 
     def seal(self, packet: bytes | memoryview, now: float) -> bytes | memoryview:
         return packet
 
-    def open(self, message: bytes | memoryview, now: float) -> bytes | memoryview | None:
+    def open(self, message: bytes | memoryview, addr, now: float) -> bytes | memoryview | None:
+        if not message:  # an empty datagram carries no packet, and plaintext has no keepalives
+            self.accepted_from = None
+            self.counters.rx.errors += 1
+            return None
+        self.accepted_from = addr
         return message
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_timer(self, now: float) -> None:
+        pass

@@ -2,6 +2,7 @@
 
     device packet --from_device()--> session.seal --> self.datagrams --> transport
     transport message --from_network()--> session.open --> checks --> self.packets --> device
+    timer --on_timer()--> session.on_timer --> self.datagrams (handshakes, keepalives)
 
 No I/O and no clock: every entry point takes `now`; outputs are appended to
 `datagrams` (message, address), `packets` (for the device) and `events`
@@ -22,16 +23,19 @@ LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per int
 
 class Tunnel:
     def __init__(self, session, mode: str, max_packet: int, *,
-                 endpoint: Address | None = None, roaming: bool = True):
-        """`endpoint`: the peer to send to, if known in advance.
-        `roaming`: follow the source of packets the session accepts (a plaintext UDP
-        tunnel with a configured remote is pinned to it, like OpenVPN without --float)."""
+                 endpoint: Address | None = None, pinned: bool = False, allowed_ips=None):
+        """`endpoint`: the peer to send to, if known in advance. `pinned`: accept
+        nothing from any other address (plaintext UDP with a configured remote,
+        like OpenVPN without --float); otherwise follow the source of every message
+        the session accepts. `allowed_ips`: networks a TUN packet's inner source
+        must be in (None: any)."""
         self.session = session
         self.mode = mode
         self.max_packet = max_packet
         self.min_packet = ETHERNET_HEADER if mode == "tap" else 1
         self.endpoint = endpoint
-        self.roaming = roaming
+        self.pinned = pinned
+        self.allowed = _allowed_table(allowed_ips) if allowed_ips is not None and mode == "tun" else None
         self.counters = Counters()
         self.datagrams: list[tuple[bytes | memoryview, Address]] = []
         self.packets: list[bytes | memoryview] = []
@@ -39,6 +43,7 @@ class Tunnel:
         self._quiet_until: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._had_stream = False
+        session.bind(self.counters, self.events, self.note)
 
     # --- device -> network ---------------------------------------------------
 
@@ -46,28 +51,64 @@ class Tunnel:
         if self.endpoint is None:
             self.counters.tx.drops += 1  # no peer to send to yet
             return
-        self.datagrams.append((self.session.seal(packet, now), self.endpoint))
+        message = self.session.seal(packet, now)
+        if self.session.control:
+            self._take_control()
+        if message is not None:
+            self.datagrams.append((message, self.endpoint))
 
     # --- network -> device ---------------------------------------------------
 
     def from_network(self, message: bytes | memoryview, addr: Address, now: float) -> None:
         rx = self.counters.rx
-        if not self.roaming and addr != self.endpoint:
+        if self.pinned and addr != self.endpoint:
             rx.drops += 1
             self.note(now, "stranger", "warning", f"dropped a packet from {_fmt(addr)}: not the configured peer {_fmt(self.endpoint)}")
             return
-        packet = self.session.open(message, now)
-        if packet is None:
-            rx.errors += 1
+        session = self.session
+        packet = session.open(message, addr, now)
+        if session.accepted_from is not None and session.accepted_from != self.endpoint:
+            self._follow(session.accepted_from)
+        if session.control:
+            self._take_control()
+        if not packet:  # None: handled or refused by the session; b"": a keepalive
             return
         n = len(packet)
-        if n > self.max_packet or n < self.min_packet or (self.mode == "tun" and packet[0] >> 4 not in (4, 6)):
+        if self.mode == "tun":
+            version = packet[0] >> 4
+            if version == 4 and n >= 20:
+                size = (packet[2] << 8) | packet[3]
+                src = packet[12:16]
+            elif version == 6 and n >= 40:
+                size = 40 + ((packet[4] << 8) | packet[5])
+                src = packet[8:24]
+            else:
+                size, src = 0, b""
+            if not 0 < size <= n or (size < n and not session.padded):
+                rx.errors += 1
+                self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte packet from {_fmt(addr)}")
+                return
+            if size < n:
+                packet = packet[:size]  # the sender's padding
+            if self.allowed is not None and not _allowed(self.allowed, src):
+                rx.drops += 1
+                self.note(now, "allowed-ips", "warning", f"dropped a packet from {_fmt(addr)}: inner source outside allowed_ips")
+                return
+        elif not self.min_packet <= n <= self.max_packet:
             rx.errors += 1
-            self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte packet from {_fmt(addr)}")
+            self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
             return
-        if addr != self.endpoint:
-            self._follow(addr)
         self.packets.append(packet)
+
+    # --- timers --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.session.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        self.session.on_timer(now)
+        if self.session.control:
+            self._take_control()
 
     # --- connection-oriented transports (TCP) -----------------------------------
 
@@ -81,14 +122,6 @@ class Tunnel:
     def peer_down(self) -> None:
         self.endpoint = None
 
-    def _follow(self, addr: Address) -> None:
-        if self.endpoint is None:
-            self.events.append(("info", f"peer is {_fmt(addr)}"))
-        else:
-            self.counters.peer_changes += 1
-            self.events.append(("info", f"peer moved from {_fmt(self.endpoint)} to {_fmt(addr)}"))
-        self.endpoint = addr
-
     # --- events ---------------------------------------------------------------
 
     def note(self, now: float, kind: str, level: str, text: str) -> None:
@@ -99,6 +132,37 @@ class Tunnel:
         held = self._suppressed.pop(kind, 0)
         self._quiet_until[kind] = now + LOG_INTERVAL
         self.events.append((level, f"{text} (and {held} more like it)" if held else text))
+
+    def _take_control(self) -> None:
+        for message, addr in self.session.control:
+            dest = addr if addr is not None else self.endpoint
+            if dest is None:
+                self.counters.tx.drops += 1
+            else:
+                self.datagrams.append((message, dest))
+        self.session.control.clear()
+
+    def _follow(self, addr: Address) -> None:
+        if self.endpoint is None:
+            self.events.append(("info", f"peer is {_fmt(addr)}"))
+        else:
+            self.counters.peer_changes += 1
+            self.events.append(("info", f"peer moved from {_fmt(self.endpoint)} to {_fmt(addr)}"))
+        self.endpoint = addr
+
+
+def _allowed_table(networks) -> dict[int, list[tuple[int, int]]]:
+    """{address length in bytes: [(network as int, mask as int)]} for quick checks."""
+    table: dict[int, list[tuple[int, int]]] = {4: [], 16: []}
+    for net in networks:
+        size = 4 if net.version == 4 else 16
+        table[size].append((int(net.network_address), int(net.netmask)))
+    return table
+
+
+def _allowed(table: dict[int, list[tuple[int, int]]], src: bytes | memoryview) -> bool:
+    addr = int.from_bytes(src, "big")
+    return any(addr & mask == net for net, mask in table[len(src)])
 
 
 def _fmt(addr: Address) -> str:

@@ -1,0 +1,56 @@
+"""WireGuard's constants (whitepaper section 6.1, wireguard-go device/constants.go)."""
+
+CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
+IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
+# tunneld's own mode: the same protocol under its own identifier, so a handshake
+# can never complete between a WireGuard-compatible side and a tunneld-mode side.
+TUNNELD_IDENTIFIER = b"tunneld v1 point-to-point tunnel"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+REKEY_AFTER_MESSAGES = 1 << 60
+REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
+REKEY_AFTER_TIME = 120.0  # s
+REJECT_AFTER_TIME = 180.0  # s
+REKEY_ATTEMPT_TIME = 90.0  # s
+REKEY_TIMEOUT = 5.0  # s
+REKEY_TIMEOUT_JITTER_MAX = 0.334  # s: 0..333 ms added to each retry
+KEEPALIVE_TIMEOUT = 10.0  # s
+COOKIE_REFRESH_TIME = 120.0  # s: the cookie secret's lifetime, and a cookie's
+# An initiator receiving on a keypair this old starts a new handshake (whitepaper 6.2)
+REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
+ZERO_KEYS_AFTER = 3 * REJECT_AFTER_TIME  # s without a new handshake: every key is zeroed
+
+PADDING_MULTIPLE = 16  # bytes
+DEFAULT_MTU = 1420  # bytes
+
+# Handshakes per second above which responders ask for a cookie ("under load").
+# wireguard-go counts queued handshakes; a point-to-point tunnel sees one every
+# 2 minutes, so a small rate is already abnormal.
+UNDER_LOAD_HANDSHAKES_PER_SECOND = 10
+UNDER_LOAD_AFTER = 1.0  # s the load state lasts after the rate was last exceeded
+
+QUEUED_PACKETS_MAX = 128  # packets held while a handshake is under way (wireguard-go: 1024 staged)
+
+# Message types
+MESSAGE_INITIATION = 1
+MESSAGE_RESPONSE = 2
+MESSAGE_COOKIE_REPLY = 3
+MESSAGE_TRANSPORT = 4
+
+# Sizes (bytes)
+KEY_SIZE = 32
+AEAD_TAG_SIZE = 16
+TAI64N_SIZE = 12
+MAC_SIZE = 16
+INITIATION_SIZE = 148
+RESPONSE_SIZE = 92
+COOKIE_REPLY_SIZE = 64
+TRANSPORT_HEADER_SIZE = 16
+TRANSPORT_MIN_SIZE = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE  # 32: a keepalive
+COOKIE_NONCE_SIZE = 24
+
+
+def transport_overhead() -> int:
+    """Bytes a transport message adds to a padded packet."""
+    return TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE

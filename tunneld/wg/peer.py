@@ -1,0 +1,404 @@
+"""The WireGuard session with our one peer: handshakes, keypair rotation, timers.
+
+    seal(packet, now)           device packet -> transport message, or staged while
+                                a handshake runs (which it starts)
+    open(message, addr, now)    any message from the network -> a packet for the
+                                device (b"" for a keepalive) or None
+    on_timer(now)               retries, keepalives, rekeys, key zeroing
+    control                     messages to send besides: handshakes, cookie
+                                replies, keepalives, staged packets, each with
+                                the address to send to (None: the peer's endpoint)
+
+Keypairs (whitepaper 6.1): `current` sends; `previous` still receives; `next`
+is a responder's new keypair, used for sending only once the initiator has
+confirmed it by sending on it. Timers follow wireguard-go's timers.go; every
+deadline is a float on the caller's clock, None when not armed.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import os
+from typing import Any, Callable
+
+from tunneld.wg import messages
+from tunneld.wg.constants import (IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
+                                  MESSAGE_RESPONSE, MESSAGE_TRANSPORT, PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
+                                  REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+                                  REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT,
+                                  REKEY_TIMEOUT_JITTER_MAX, TUNNELD_IDENTIFIER, UNDER_LOAD_AFTER,
+                                  UNDER_LOAD_HANDSHAKES_PER_SECOND, ZERO_KEYS_AFTER)
+from tunneld.wg.cookie import CookieChecker, CookieGenerator
+from tunneld.wg.noise import Handshake, HandshakeError
+from tunneld.wg.primitives import AEAD, InvalidTag
+from tunneld.wg.replay import ReplayWindow
+
+Address = Any
+MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18 retries, then give up
+INITIATIONS_PER_SECOND = 50  # a peer's initiations closer together than 20 ms are a flood
+_KIND = {MESSAGE_INITIATION: "handshake initiation", MESSAGE_RESPONSE: "handshake response",
+         MESSAGE_COOKIE_REPLY: "cookie reply", MESSAGE_TRANSPORT: "transport message"}
+
+
+class Keypair:
+    """Transport keys from one handshake. Python cannot wipe memory; dropping the
+    last reference to the AEAD objects is as close as we get to zeroing."""
+
+    __slots__ = ("send", "recv", "send_counter", "replay", "created", "initiator",
+                 "local_index", "remote_prefix")
+
+    def __init__(self, send_key: bytes, recv_key: bytes, initiator: bool, created: float,
+                 local_index: int, remote_index: int):
+        self.send, self.recv = AEAD(send_key), AEAD(recv_key)
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.created = created
+        self.initiator = initiator
+        self.local_index = local_index
+        self.remote_prefix = messages.HEADER_TRANSPORT + remote_index.to_bytes(4, "little")
+
+
+class WireGuardSession:
+    """A session with one peer. `compatible`: WireGuard's identifier and strict
+    reserved bytes; otherwise tunneld's own identifier with header binding."""
+
+    def __init__(self, *, static_private: bytes, peer_public: bytes, psk: bytes | None,
+                 compatible: bool, max_packet: int, persistent_keepalive: float | None = None,
+                 wall_offset: float = 0.0, rng: Callable[[int], bytes] = os.urandom,
+                 under_load_rate: int = UNDER_LOAD_HANDSHAKES_PER_SECOND):
+        self.compatible = compatible
+        self.handshake = Handshake(static_private, peer_public, psk,
+                                   IDENTIFIER if compatible else TUNNELD_IDENTIFIER,
+                                   bind_header=not compatible, rng=rng)
+        self.cookie_checker = CookieChecker(self.handshake.static_public, rng)
+        self.cookie_generator = CookieGenerator(peer_public)
+        self.max_packet = max_packet
+        self.persistent_keepalive = persistent_keepalive
+        self.wall_offset = wall_offset  # wall-clock time = now + wall_offset (TAI64N only)
+        self.rng = rng
+        self.under_load_rate = under_load_rate
+
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: collections.deque[bytes] = collections.deque()
+        self.control: list[tuple[bytes, Address | None]] = []
+        self.accepted_from: Address | None = None  # source of the last authenticated message
+
+        # timers (deadlines on the caller's clock)
+        self.t_retransmit: float | None = None
+        self.t_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_keys: float | None = None
+        self.t_persistent: float | None = None
+        self.attempts = 0
+        self.need_another_keepalive = False
+        self.sent_last_minute_handshake = False
+        self.last_handshake_sent = float("-inf")
+        self.last_initiation_consumed = float("-inf")
+        self.last_handshake: float | None = None  # when the last handshake completed
+        self._load_window_start = float("-inf")
+        self._load_count = 0
+        self._under_load_until = float("-inf")
+
+        # set by bind(): the core's counters and event sinks
+        self.counters = None
+        self.events: list[tuple[str, str]] = []
+        self.note: Callable[[float, str, str, str], None] = lambda now, kind, level, text: None
+
+    padded = True
+
+    def bind(self, counters, events: list, note: Callable[[float, str, str, str], None]) -> None:
+        self.counters, self.events, self.note = counters, events, note
+
+    # --- sending -------------------------------------------------------------
+
+    def seal(self, packet: bytes | memoryview, now: float) -> bytes | None:
+        kp = self.current
+        if self.staged or kp is None or not self._can_send(kp, now):
+            self._stage(packet)
+            self._send_staged(now)
+            return None
+        return self._encrypt(kp, packet, now)
+
+    def _can_send(self, kp: Keypair, now: float) -> bool:
+        return now - kp.created < REJECT_AFTER_TIME and kp.send_counter < REJECT_AFTER_MESSAGES
+
+    def _stage(self, packet: bytes | memoryview) -> None:
+        if len(self.staged) >= QUEUED_PACKETS_MAX:
+            self.staged.popleft()  # the oldest goes, as wireguard-go's staged queue does
+            self.counters.tx.drops += 1
+        self.staged.append(bytes(packet))
+
+    def _send_staged(self, now: float) -> None:
+        kp = self.current
+        if kp is None or not self._can_send(kp, now):
+            self._initiate(now, retry=False)
+            return
+        while self.staged:
+            self.control.append((self._encrypt(kp, self.staged.popleft(), now), None))
+
+    def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float) -> bytes:
+        n = len(packet)
+        padded = min(n + (-n % PADDING_MULTIPLE), max(self.max_packet, n))
+        plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
+        # timers: any authenticated packet sent / traversal / data sent
+        self.t_keepalive = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+        if n and self.t_new_handshake is None:
+            self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+        # keep the key fresh: the initiator of a keypair rekeys it after 120 s or 2^60 messages
+        if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter >= REKEY_AFTER_MESSAGES:
+            self._initiate(now, retry=False)
+        return message
+
+    def _initiate(self, now: float, retry: bool) -> None:
+        if not retry:
+            self.attempts = 0
+        if now - self.last_handshake_sent < REKEY_TIMEOUT:
+            return  # at most one initiation per REKEY_TIMEOUT
+        self.last_handshake_sent = now
+        body = self.handshake.create_initiation(now + self.wall_offset, self._new_index())
+        self.control.append((self.cookie_generator.add_macs(body, now), None))
+        self.t_keepalive = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+        self.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
+
+    def _send_keepalive(self, now: float) -> None:
+        if not self.staged:
+            message = self.seal(b"", now)
+            if message is not None:
+                self.control.append((message, None))
+
+    # --- receiving -------------------------------------------------------------
+
+    def open(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
+        self.accepted_from = None
+        kind = messages.classify(message, strict_reserved=self.compatible)
+        if kind == MESSAGE_TRANSPORT:
+            return self._receive_transport(message, addr, now)
+        if kind == 0:
+            self.counters.rx.errors += 1
+            self.note(now, "junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message")
+            return None
+        message = bytes(message)
+        if kind == MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(message, addr, now)
+            return None
+        if not self.cookie_checker.check_mac1(message):
+            self._auth_failed(now, addr, f"{_KIND[kind]} with a bad mac1 (not for our public key)")
+            return None
+        if self._under_load(now) and not self.cookie_checker.check_mac2(message, _source(addr), now):
+            self.control.append((self.cookie_checker.reply(message, _source(addr), now), addr))
+            self.counters.cookies_sent += 1
+            self.note(now, "cookie", "info", f"under load: asked {_fmt(addr)} to return a cookie")
+            return None
+        if kind == MESSAGE_INITIATION:
+            self._receive_initiation(message, addr, now)
+        else:
+            self._receive_response(message, addr, now)
+        return None
+
+    def _under_load(self, now: float) -> bool:
+        """More handshake messages per second than `under_load_rate` (after mac1)."""
+        if now - self._load_window_start >= 1.0:
+            self._load_window_start, self._load_count = now, 0
+        self._load_count += 1
+        if self._load_count > self.under_load_rate:
+            self._under_load_until = now + UNDER_LOAD_AFTER
+        return now < self._under_load_until
+
+    def _receive_initiation(self, message: bytes, addr: Address, now: float) -> None:
+        if now - self.last_initiation_consumed < 1 / INITIATIONS_PER_SECOND:
+            self.counters.rx.drops += 1
+            return
+        try:
+            self.handshake.consume_initiation(message)
+        except HandshakeError as e:
+            self._auth_failed(now, addr, str(e))
+            return
+        self.last_initiation_consumed = now
+        header = messages.HEADER_RESPONSE
+        body = self.handshake.create_response(self._new_index(), header)
+        response = self.cookie_generator.add_macs(body, now)
+        hs = self.handshake
+        local, remote = hs.local_index, hs.remote_index
+        send, recv, _ = hs.derive_keys()
+        self.next = Keypair(send, recv, False, now, local, remote)  # used once the initiator confirms it
+        self.previous = None
+        self.control.append((response, addr))
+        self.last_handshake_sent = now
+        self.accepted_from = addr
+        self.t_keepalive = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+        self.t_zero_keys = now + ZERO_KEYS_AFTER
+        self.events.append(("debug", f"handshake: answered an initiation from {_fmt(addr)}"))
+
+    def _receive_response(self, message: bytes, addr: Address, now: float) -> None:
+        try:
+            self.handshake.consume_response(message)
+        except HandshakeError as e:
+            self._auth_failed(now, addr, str(e))
+            return
+        hs = self.handshake
+        local, remote = hs.local_index, hs.remote_index
+        send, recv, _ = hs.derive_keys()
+        kp = Keypair(send, recv, True, now, local, remote)
+        if self.next is not None:
+            self.previous, self.next = self.next, None
+        else:
+            self.previous = self.current
+        self.current = kp
+        self.accepted_from = addr
+        self.t_zero_keys = now + ZERO_KEYS_AFTER
+        self._handshake_complete(now, addr, "we initiated")
+        self.t_new_handshake = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+        if self.staged:
+            self._send_staged(now)
+        else:
+            self._send_keepalive(now)  # lets the responder confirm the keypair
+
+    def _receive_cookie_reply(self, message: bytes, addr: Address, now: float) -> None:
+        receiver = int.from_bytes(message[4:8], "little")
+        if receiver != self.handshake.local_index or not self.cookie_generator.consume_reply(message, now):
+            self._auth_failed(now, addr, "cookie reply that does not match our last handshake message")
+            return
+        self.events.append(("info", f"handshake: {_fmt(addr)} is under load; its cookie will go with the next initiation"))
+
+    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
+        receiver = int.from_bytes(message[4:8], "little")
+        kp = self.current
+        if kp is None or kp.local_index != receiver:
+            kp = self.next if self.next is not None and self.next.local_index == receiver else self.previous
+            if kp is None or kp.local_index != receiver:
+                self.counters.rx.drops += 1  # unknown index: an old session, or noise
+                return None
+        counter = int.from_bytes(message[8:16], "little")
+        if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
+            self.counters.rx.drops += 1
+            return None
+        try:
+            plaintext = kp.recv.open(counter, message[16:])
+        except InvalidTag:
+            self._auth_failed(now, addr, "transport message that did not authenticate")
+            return None
+        if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
+            self.counters.rx.drops += 1
+            self.counters.replays += 1
+            self.note(now, "replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}")
+            return None
+        self.accepted_from = addr
+        if kp is self.next:  # the initiator confirmed the keypair: rotate it in
+            self.previous, self.current, self.next = self.current, kp, None
+            self._handshake_complete(now, addr, "peer initiated")
+            if self.staged:
+                self._send_staged(now)
+        elif (kp is self.current and kp.initiator and not self.sent_last_minute_handshake
+              and now - kp.created >= REKEY_ON_RECEIVE_AGE):
+            self.sent_last_minute_handshake = True
+            self._initiate(now, retry=False)
+        # timers: any authenticated packet received / traversal / data received
+        self.t_new_handshake = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+        if plaintext:
+            if self.t_keepalive is None:
+                self.t_keepalive = now + KEEPALIVE_TIMEOUT
+            else:
+                self.need_another_keepalive = True
+        return plaintext
+
+    def _handshake_complete(self, now: float, addr: Address, who: str) -> None:
+        self.t_retransmit = None
+        self.attempts = 0
+        self.sent_last_minute_handshake = False
+        first = self.last_handshake is None
+        self.last_handshake = now
+        self.counters.handshakes += 1
+        level = "info" if first else "debug"
+        self.events.append((level, f"handshake completed with {_fmt(addr)} ({who})"))
+
+    def _auth_failed(self, now: float, addr: Address, why: str) -> None:
+        self.counters.auth_failures += 1
+        self.note(now, "auth", "warning", f"authentication failed: {why}, from {_fmt(addr)}")
+
+    # --- timers ----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.t_retransmit, self.t_keepalive, self.t_new_handshake,
+                          self.t_zero_keys, self.t_persistent) if d is not None]
+        return min(ds) if ds else None
+
+    def on_timer(self, now: float) -> None:
+        if self.t_retransmit is not None and now >= self.t_retransmit:
+            self.t_retransmit = None
+            self._retransmit(now)
+        if self.t_keepalive is not None and now >= self.t_keepalive:
+            self.t_keepalive = None
+            self._send_keepalive(now)
+            if self.need_another_keepalive:
+                self.need_another_keepalive = False
+                self.t_keepalive = now + KEEPALIVE_TIMEOUT
+        if self.t_new_handshake is not None and now >= self.t_new_handshake:
+            self.t_new_handshake = None
+            self.events.append(("info", f"no reply from the peer for {KEEPALIVE_TIMEOUT + REKEY_TIMEOUT:g} s; new handshake"))
+            self._initiate(now, retry=False)
+        if self.t_zero_keys is not None and now >= self.t_zero_keys:
+            self.t_zero_keys = None
+            self.current = self.previous = self.next = None
+            self.handshake.zero()
+            self.events.append(("info", f"no new handshake for {ZERO_KEYS_AFTER:g} s: all session keys zeroed"))
+        if self.t_persistent is not None and now >= self.t_persistent:
+            self.t_persistent = None
+            self._send_keepalive(now)
+
+    def _retransmit(self, now: float) -> None:
+        if self.attempts >= MAX_HANDSHAKE_ATTEMPTS:
+            dropped = len(self.staged)
+            self.staged.clear()
+            self.counters.tx.drops += dropped
+            self.t_keepalive = None
+            if self.t_zero_keys is None:
+                self.t_zero_keys = now + ZERO_KEYS_AFTER
+            self.events.append(("warning", f"handshake did not complete after {REKEY_ATTEMPT_TIME:g} s; "
+                                           f"gave up, dropped {dropped} queued packets"))
+            return
+        self.attempts += 1
+        self.events.append(("debug", f"handshake: no response after {REKEY_TIMEOUT:g} s, retry {self.attempts}"))
+        self._initiate(now, retry=True)
+
+    # --- helpers ----------------------------------------------------------------
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.rng(2), "little") % int(REKEY_TIMEOUT_JITTER_MAX * 1000) / 1000
+
+    def _new_index(self) -> int:
+        taken = {kp.local_index for kp in (self.current, self.previous, self.next) if kp is not None}
+        while True:
+            index = int.from_bytes(self.rng(4), "little")
+            if index and index not in taken:
+                return index
+
+
+def _source(addr: Address) -> bytes:
+    """The cookie's view of a source address: IP bytes and port."""
+    try:
+        return ipaddress.ip_address(addr[0]).packed + int(addr[1]).to_bytes(2, "big")
+    except (ValueError, TypeError, IndexError):
+        return repr(addr).encode()
+
+
+def _fmt(addr: Address) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0]).removeprefix("::ffff:") if "." in str(addr[0]) else str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)
