@@ -132,6 +132,30 @@ class Lab:
         path.write_text(text)
         return path
 
+    def keypair(self) -> tuple[Path, str]:
+        """A private key file (mode 600) and its base64 public key."""
+        import base64
+        import os as _os
+
+        from tunneld.wg.primitives import generate_private, public_of
+        private = generate_private(_os.urandom(32))
+        path = self.tmp / f"{self.name('key')}.key"
+        path.touch(mode=0o600)
+        path.write_text(base64.b64encode(private).decode() + "\n")
+        return path, base64.b64encode(public_of(private)).decode()
+
+    def psk(self) -> Path:
+        import base64
+        import os as _os
+        path = self.tmp / f"{self.name('psk')}.psk"
+        path.touch(mode=0o600)
+        path.write_text(base64.b64encode(_os.urandom(32)).decode() + "\n")
+        return path
+
+    def capture(self, ns: str, dev: str, bpf: str) -> "Capture":
+        """tcpdump in `ns` on `dev`, writing a pcap file; stop() returns the UDP payloads seen."""
+        return Capture(self, ns, dev, bpf)
+
     def daemon(self, ns: str, text: str) -> Daemon:
         cfg = self.config(text)
         return Daemon(self, ns, cfg, cfg.with_suffix(".log"))
@@ -168,3 +192,42 @@ class Lab:
             f.close()
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class Capture:
+    def __init__(self, lab: Lab, ns: str, dev: str, bpf: str):
+        self.path = lab.tmp / f"{lab.name('cap')}.pcap"
+        self.log = lab.tmp / f"{lab.name('cap')}.log"
+        self.proc = lab.spawn(ns, "tcpdump", "-i", dev, "-n", "-U", "-s", "0", "-w", str(self.path), bpf, stderr=self.log)
+        wait_for(lambda: "listening on" in self.log.read_text(), 10, what="tcpdump to start")
+
+    def stop(self) -> list[tuple[str, int, str, int, bytes]]:
+        """(src ip, src port, dst ip, dst port, payload) of every IPv4 UDP packet captured."""
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        return read_pcap_udp(self.path)
+
+
+def read_pcap_udp(path: Path) -> list[tuple[str, int, str, int, bytes]]:
+    import socket as _socket
+    import struct as _struct
+    data = path.read_bytes()
+    if len(data) < 24:
+        return []
+    magic, _, _, _, _, _, linktype = _struct.unpack("<IHHiIII", data[:24])
+    assert magic == 0xA1B2C3D4, "expected a little-endian microsecond pcap"
+    link = {1: 14, 113: 16, 276: 20}[linktype]  # Ethernet, Linux cooked v1, v2
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        _, _, caplen, _ = _struct.unpack("<IIII", data[pos:pos + 16])
+        frame = data[pos + 16:pos + 16 + caplen]
+        pos += 16 + caplen
+        ip = frame[link:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 15) * 4
+        sport, dport, length = _struct.unpack("!HHH", ip[ihl:ihl + 6])
+        out.append((_socket.inet_ntoa(ip[12:16]), sport, _socket.inet_ntoa(ip[16:20]), dport,
+                    ip[ihl + 8:ihl + length]))
+    return out

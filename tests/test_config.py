@@ -7,6 +7,8 @@ import pytest
 
 from tunneld.config import ConfigError, Endpoint, parse
 
+PUB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
 GOOD = """\
 interface:
   name: tun0
@@ -129,11 +131,23 @@ BAD = [
     ("plaintext TCP frame over simpletun's buffer", edit("mtu: 1420", "mtu: 9000").replace('  listen: "0.0.0.0:55555"\n', "").replace("protocol: udp", "protocol: tcp"),
      "site-a.yaml:4: interface.mtu: 9000 gives 9000-byte frames; plaintext TCP is simpletun's wire format, whose peers read at most 2000 bytes"),
     ("udp frame over the datagram limit", edit("mtu: 1420", "mtu: 65535"),
-     "site-a.yaml:4: interface.mtu: 65535 gives 65535-byte packets, over the 65507-byte UDP payload limit"),
-    ("keyed encryption not yet", edit("encryption: none", "encryption: {peer_public_key: abc}"),
-     "site-a.yaml:11: encryption: keyed encryption is not available in this version; use 'none'"),
+     "site-a.yaml:4: interface.mtu: 65535 gives 65535-byte messages, over the 65507-byte UDP payload limit"),
+    ("encryption without a private key", edit("encryption: none", f"encryption: {{peer_public_key: '{PUB}'}}"),
+     "site-a.yaml:11: encryption.private_key_file: missing (required)"),
     ("encryption typo", edit("encryption: none", "encryption: off"),
-     "site-a.yaml:11: encryption: expected 'none', got False"),
+     "site-a.yaml:11: encryption: expected 'none' or a mapping of keys, got False"),
+    ("bad peer key", edit("encryption: none", "encryption: {private_key_file: k, peer_public_key: abc}"),
+     "site-a.yaml:11: encryption.peer_public_key: expected a base64 public key of 32 bytes (as 'wg pubkey' or 'tunneld pubkey' print), got 'abc'"),
+    ("unknown encryption key", edit("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}', cipher: aes}}"),
+     "site-a.yaml:11: encryption.cipher: unknown key (expected one of: allowed_ips, peer_public_key, preshared_key_file, private_key_file, wireguard_compatible)"),
+    ("WireGuard mode over TCP", edit("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}', wireguard_compatible: true}}").replace('  listen: "0.0.0.0:55555"\n', "").replace("protocol: udp", "protocol: tcp"),
+     "site-a.yaml:10: encryption.wireguard_compatible: WireGuard carries IP packets over UDP: needs transport.protocol udp and interface.mode tun"),
+    ("allowed_ips on tap", edit("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}', allowed_ips: [10.0.0.0/8]}}").replace("mode: tun", "mode: tap"),
+     "site-a.yaml:11: encryption.allowed_ips: applies to IP packets: needs interface.mode tun"),
+    ("keepalive without encryption", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  keepalive: 25\n'),
+     "site-a.yaml:11: transport.keepalive: needs encryption: plaintext has no keepalive message"),
+    ("keepalive out of range", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  keepalive: 0\n').replace("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}'}}"),
+     "site-a.yaml:11: transport.keepalive: expected 1 to 65535 seconds, got 0"),
     ("bad log level", edit("log_level: info", "log_level: verbose"),
      "site-a.yaml:12: log_level: expected one of debug | info | warning | error, got 'verbose'"),
     ("duplicate key", edit("  mtu: 1420\n", "  mtu: 1420\n  mtu: 1400\n"),
@@ -155,3 +169,48 @@ def test_bad_config(case, text, message):
         parse(text, "site-a.yaml")
     assert str(e.value) == message
     assert "\n" not in str(e.value)
+
+
+ENCRYPTED = GOOD.replace("encryption: none", f"""encryption:
+  private_key_file: london.key
+  peer_public_key: "{PUB}"
+  preshared_key_file: /etc/tunneld/london.psk
+  allowed_ips: [10.9.0.0/24]""")
+KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+
+
+def test_encrypted_config_reads_keys_through_read_secret():
+    read = {}
+
+    def secret(path):
+        read[path] = True
+        return KEY + "\n"
+    cfg = parse(ENCRYPTED, "/etc/tunneld/site-a.yaml", read_secret=secret)
+    enc = cfg.encryption
+    assert enc.private_key_file == "/etc/tunneld/london.key"  # relative to the config's folder
+    assert enc.peer_public_key == __import__("base64").b64decode(PUB)
+    assert enc.allowed_ips == (ipaddress.ip_network("10.9.0.0/24"),)
+    assert enc.wireguard_compatible is False
+    assert enc.keys.private == enc.keys.psk == __import__("base64").b64decode(KEY)
+    assert KEY not in repr(cfg)
+    assert set(read) == {"/etc/tunneld/london.key", "/etc/tunneld/london.psk"}
+    assert cfg.max_message == 1420 + 32
+    assert parse(ENCRYPTED, "x.yaml").encryption.keys is None  # pure parse reads nothing
+
+
+@pytest.mark.parametrize("mode,content,message", [
+    (0o644, KEY, "encryption.private_key_file: {path} is readable by group or others (chmod 600 {path})"),
+    (0o600, "not a key", "encryption.private_key_file: {path} does not hold a base64 key of 32 bytes (make one with 'tunneld genkey' or 'tunneld genpsk')"),
+    (None, None, "encryption.private_key_file: cannot read {path}: No such file or directory"),
+])
+def test_key_file_problems(tmp_path, mode, content, message):
+    from tunneld.config import load
+    key = tmp_path / "london.key"
+    if content is not None:
+        key.write_text(content)
+        key.chmod(mode)
+    cfg = tmp_path / "site-a.yaml"
+    cfg.write_text(ENCRYPTED.replace("/etc/tunneld/london.psk", "london.key"))
+    with pytest.raises(ConfigError) as e:
+        load(str(cfg))
+    assert str(e.value) == f"{cfg}:12: " + message.format(path=key)

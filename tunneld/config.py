@@ -8,10 +8,14 @@ line that names the file, the line and the key path:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import os
 import re
-from dataclasses import dataclass
-from typing import Any
+import stat
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import yaml
 
@@ -63,19 +67,51 @@ class TransportConfig:
     protocol: str  # "udp" | "tcp"
     listen: Endpoint | None
     remote: Endpoint | None
+    keepalive: int | None = None  # s: persistent keepalive (encrypted modes)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Secrets read from the key files; never printed."""
+    private: bytes = field(repr=False)
+    psk: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    private_key_file: str  # as resolved: relative paths are taken from the config file's folder
+    peer_public_key: bytes
+    preshared_key_file: str | None = None
+    wireguard_compatible: bool = False
+    allowed_ips: tuple[IPNetwork, ...] | None = None  # None: any inner source
+    keys: Keys | None = field(default=None, repr=False)  # filled by load(), not by parse()
 
 
 @dataclass(frozen=True)
 class Config:
     interface: InterfaceConfig
     transport: TransportConfig
-    encryption: None  # None is the explicit plaintext mode ("encryption: none")
+    encryption: EncryptionConfig | None  # None is the explicit plaintext mode ("encryption: none")
     log_level: str = "info"
     source: str = "<config>"
 
+    @property
+    def max_message(self) -> int:
+        """The largest message on the wire: a packet, or a padded packet sealed in a
+        transport message (and never less than a handshake initiation)."""
+        if self.encryption is None:
+            return self.interface.max_packet
+        return max(self.interface.max_packet + ENCRYPTION_OVERHEAD, INITIATION_SIZE)
+
+
+ENCRYPTION_OVERHEAD = 32  # bytes: WireGuard transport header (16) + Poly1305 tag (16)
+INITIATION_SIZE = 148  # bytes: the largest handshake message
+KEY_BYTES = 32
+
 
 def load(path: str) -> Config:
-    """Read and parse a config file; an unreadable file is a ConfigError too."""
+    """Read and parse a config file and the key files it names; an unreadable
+    file, or a key file others can read, is a ConfigError too."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -83,12 +119,42 @@ def load(path: str) -> Config:
         raise ConfigError(path, 0, "", f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, 0, "", "not UTF-8 text") from None
-    return parse(text, source=path)
+    return parse(text, source=path, read_secret=_read_secret)
 
 
-def parse(text: str, source: str = "<config>") -> Config:
+def parse(text: str, source: str = "<config>",
+          read_secret: Callable[[str], str] | None = None) -> Config:
+    """`read_secret(path) -> text` reads a key file (load() passes the real one);
+    without it, key files are named but not read (Config.encryption.keys is None)."""
     data, lines = _compose(text, source)
-    return _Reader(source, lines).config(data)
+    return _Reader(source, lines, read_secret).config(data)
+
+
+class SecretFileError(Exception):
+    pass
+
+
+def _read_secret(path: str) -> str:
+    """A key file's text, refused when group or others may read it (like ssh and wg-quick)."""
+    try:
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise SecretFileError(f"{path} is readable by group or others (chmod 600 {path})")
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError as e:
+        raise SecretFileError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{path} is not a base64 key") from None
+
+
+def decode_key(text: str) -> bytes | None:
+    """32 bytes from base64 (as `wg genkey` prints), or None."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == KEY_BYTES else None
 
 
 # --- YAML with line numbers ------------------------------------------------
@@ -146,8 +212,8 @@ def _kind(value: Any) -> str:
 
 
 class _Reader:
-    def __init__(self, source: str, lines: dict[str, int]):
-        self.source, self.lines = source, lines
+    def __init__(self, source: str, lines: dict[str, int], read_secret=None):
+        self.source, self.lines, self.read_secret = source, lines, read_secret
 
     def error(self, path: str, message: str) -> ConfigError:
         probe = path
@@ -195,17 +261,65 @@ class _Reader:
         top = self.mapping(data, "", {"interface", "transport", "encryption", "log_level"},
                            {"interface", "transport", "encryption"})
         transport = self.transport(top["transport"])
-        interface = self.interface(top["interface"], transport)
         encryption = self.encryption(top["encryption"])
+        interface = self.interface(top["interface"], transport, encrypted=encryption is not None)
+        if transport.keepalive is not None and encryption is None:
+            raise self.error("transport.keepalive", "needs encryption: plaintext has no keepalive message")
+        if encryption is not None:
+            if encryption.wireguard_compatible and (transport.protocol != "udp" or interface.mode != "tun"):
+                raise self.error("encryption.wireguard_compatible",
+                                 "WireGuard carries IP packets over UDP: needs transport.protocol udp and interface.mode tun")
+            if encryption.allowed_ips is not None and interface.mode != "tun":
+                raise self.error("encryption.allowed_ips", "applies to IP packets: needs interface.mode tun")
         log_level = self.choice(top.get("log_level", "info"), "log_level", LOG_LEVELS)
-        return Config(interface, transport, encryption, log_level, self.source)
+        cfg = Config(interface, transport, encryption, log_level, self.source)
+        if encryption is not None and self.read_secret is not None:
+            cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption)))
+        return cfg
 
-    def encryption(self, value: Any) -> None:
+    def encryption(self, value: Any) -> EncryptionConfig | None:
         if value == "none":
             return None
-        if isinstance(value, dict):
-            raise self.error("encryption", "keyed encryption is not available in this version; use 'none'")
-        raise self.error("encryption", f"expected 'none', got {value!r}")
+        if not isinstance(value, dict):
+            raise self.error("encryption", f"expected 'none' or a mapping of keys, got {value!r}")
+        keys = {"private_key_file", "peer_public_key", "preshared_key_file", "wireguard_compatible", "allowed_ips"}
+        m = self.mapping(value, "encryption", keys, {"private_key_file", "peer_public_key"})
+        private = self.path(m["private_key_file"], "encryption.private_key_file")
+        psk = self.path(m["preshared_key_file"], "encryption.preshared_key_file") if "preshared_key_file" in m else None
+        peer = self.typed(m["peer_public_key"], "encryption.peer_public_key", str)
+        peer_key = decode_key(peer)
+        if peer_key is None:
+            raise self.error("encryption.peer_public_key", f"expected a base64 public key of {KEY_BYTES} bytes "
+                             f"(as 'wg pubkey' or 'tunneld pubkey' print), got {peer!r}")
+        compatible = self.typed(m.get("wireguard_compatible", False), "encryption.wireguard_compatible", bool)
+        allowed = None
+        if "allowed_ips" in m:
+            allowed = tuple(self.network(r, f"encryption.allowed_ips[{i}]")
+                            for i, r in enumerate(self.str_list(m["allowed_ips"], "encryption.allowed_ips")))
+        return EncryptionConfig(private, peer_key, psk, compatible, allowed)
+
+    def path(self, value: Any, path: str) -> str:
+        self.typed(value, path, str)
+        if not value:
+            raise self.error(path, "expected a file name")
+        if os.path.isabs(value) or self.source.startswith("<"):
+            return value
+        return os.path.join(os.path.dirname(os.path.abspath(self.source)), value)
+
+    def keys(self, enc: EncryptionConfig) -> Keys:
+        def secret(path: str, key_path: str) -> bytes:
+            try:
+                text = self.read_secret(path)
+            except SecretFileError as e:
+                raise self.error(key_path, str(e)) from None
+            key = decode_key(text)
+            if key is None:
+                raise self.error(key_path, f"{path} does not hold a base64 key of {KEY_BYTES} bytes "
+                                 "(make one with 'tunneld genkey' or 'tunneld genpsk')")
+            return key
+        private = secret(enc.private_key_file, "encryption.private_key_file")
+        psk = secret(enc.preshared_key_file, "encryption.preshared_key_file") if enc.preshared_key_file else None
+        return Keys(private, psk)
 
     def ifname(self, value: Any, path: str) -> str:
         self.typed(value, path, str)
@@ -215,7 +329,7 @@ class _Reader:
             raise self.error(path, f"not a valid interface name: {value!r}")
         return value
 
-    def interface(self, value: Any, transport: TransportConfig) -> InterfaceConfig:
+    def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
         keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent"}
         m = self.mapping(value, "interface", keys, {"mode"})
         mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
@@ -237,12 +351,15 @@ class _Reader:
             raise self.error("interface.mtu", f"expected {limits.MIN_MTU} to {limits.MAX_MTU}, got {mtu}")
         if mtu < limits.IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
             raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {mtu}")
-        frame = limits.max_packet(mode, mtu)
-        if transport.protocol == "tcp" and frame > limits.SIMPLETUN_BUFFER:
+        frame = limits.max_packet(mode, mtu) + (ENCRYPTION_OVERHEAD if encrypted else 0)
+        if transport.protocol == "tcp" and not encrypted and frame > limits.SIMPLETUN_BUFFER:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames; plaintext TCP is simpletun's "
                              f"wire format, whose peers read at most {limits.SIMPLETUN_BUFFER} bytes")
+        if transport.protocol == "tcp" and frame > limits.MAX_LENGTH_FIELD:
+            raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames, over the "
+                             f"{limits.MAX_LENGTH_FIELD}-byte limit of a 2-byte length")
         if transport.protocol == "udp" and frame > limits.MAX_UDP_PAYLOAD:
-            raise self.error("interface.mtu", f"{mtu} gives {frame}-byte packets, over the "
+            raise self.error("interface.mtu", f"{mtu} gives {frame}-byte messages, over the "
                              f"{limits.MAX_UDP_PAYLOAD}-byte UDP payload limit")
 
         mac = bridge = None
@@ -306,7 +423,7 @@ class _Reader:
         return Endpoint(host, int(port))
 
     def transport(self, value: Any) -> TransportConfig:
-        m = self.mapping(value, "transport", {"protocol", "listen", "remote"}, {"protocol"})
+        m = self.mapping(value, "transport", {"protocol", "listen", "remote", "keepalive"}, {"protocol"})
         protocol = self.choice(m["protocol"], "transport.protocol", ("udp", "tcp"))
         listen = self.endpoint(m["listen"], "transport.listen") if "listen" in m else None
         remote = self.endpoint(m["remote"], "transport.remote") if "remote" in m else None
@@ -320,7 +437,12 @@ class _Reader:
                 raise self.error("transport.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
         if listen is not None and not _is_ip(listen.host):
             raise self.error("transport.listen", f"expected an IP address to bind, got {listen.host!r}")
-        return TransportConfig(protocol, listen, remote)
+        keepalive = None
+        if "keepalive" in m:
+            keepalive = self.typed(m["keepalive"], "transport.keepalive", int)
+            if not 1 <= keepalive <= 65535:
+                raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {keepalive}")
+        return TransportConfig(protocol, listen, remote, keepalive)
 
 
 def _is_ip(host: str) -> bool:

@@ -108,8 +108,23 @@ class Relay:
             core.note(self.clock(), kind, "warning", text)
             self.log_events()
 
+    def start(self) -> None:
+        """The transport is ready: let the session speak first if it wants to."""
+        self._kick()
+
     def peer_up(self, addr: Address) -> None:
         self.core.peer_up(addr)
+        self._kick()
+
+    def _kick(self) -> None:
+        core = self.core
+        now = self.clock()
+        core.kick(now)
+        if core.datagrams:
+            self._send(now)
+        if core.events:
+            self.log_events()
+        self._rearm()
 
     def peer_down(self) -> None:
         self.core.peer_down()

@@ -9,6 +9,7 @@ The core hands every packet through a session with this contract:
                                             accepted (authenticated, when it can tell)
     control                                 (message, addr or None) the session wants sent
     next_deadline() / on_timer(now)         its timers, on the caller's clock
+    kick(now)                               the peer became reachable (start, TCP connect)
     padded                                  packets may carry padding the core trims
 
 `PlaintextSession` is the explicit `encryption: none` mode, byte-compatible with
@@ -47,4 +48,7 @@ class PlaintextSession:
         return None
 
     def on_timer(self, now: float) -> None:
+        pass
+
+    def kick(self, now: float) -> None:
         pass

@@ -110,6 +110,14 @@ class Tunnel:
         if self.session.control:
             self._take_control()
 
+    def kick(self, now: float) -> None:
+        """The transport is up and the peer known: a session with a persistent
+        keepalive says hello now, as WireGuard does when an interface comes up."""
+        if self.endpoint is not None:
+            self.session.kick(now)
+            if self.session.control:
+                self._take_control()
+
     # --- connection-oriented transports (TCP) -----------------------------------
 
     def peer_up(self, addr: Address) -> None:

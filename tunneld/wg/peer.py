@@ -361,6 +361,10 @@ class WireGuardSession:
             self.t_persistent = None
             self._send_keepalive(now)
 
+    def kick(self, now: float) -> None:
+        if self.persistent_keepalive:
+            self._send_keepalive(now)
+
     def _retransmit(self, now: float) -> None:
         if self.attempts >= MAX_HANDSHAKE_ATTEMPTS:
             dropped = len(self.staged)

@@ -1,0 +1,360 @@
+"""Two WireGuard sessions, each in a core, wired through the in-memory network,
+with a fake clock advanced by hand: handshakes, retries, rekeys, keepalives,
+cookies, replays and roaming, tested without sleeping."""
+
+import random
+
+import pytest
+
+from tunneld.relay import Relay
+from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
+from tunneld.tunnel import Tunnel
+from tunneld.wg import constants as C
+from tunneld.wg.peer import WireGuardSession
+from tunneld.wg.primitives import generate_private, public_of
+from tests.packets import ipv4_udp
+
+A, B = ("10.77.0.1", 51820), ("10.77.0.2", 51820)
+PING = ipv4_udp("10.9.0.1", "10.9.0.2", 1000, 2000, b"hello")
+PONG = ipv4_udp("10.9.0.2", "10.9.0.1", 2000, 1000, b"world")
+KEY_A = generate_private(bytes(range(32)))
+KEY_B = generate_private(bytes(range(32, 64)))
+
+
+class Site:
+    def __init__(self, net, addr, clock, key, peer_key, *, endpoint=None, compatible=True, psk=None,
+                 keepalive=None, seed=0, under_load_rate=C.UNDER_LOAD_HANDSHAKES_PER_SECOND, allowed_ips=None):
+        rng = random.Random(seed)
+        self.session = WireGuardSession(static_private=key, peer_public=public_of(peer_key), psk=psk,
+                                        compatible=compatible, max_packet=1420, persistent_keepalive=keepalive,
+                                        wall_offset=1.7e9, rng=rng.randbytes, under_load_rate=under_load_rate)
+        self.core = Tunnel(self.session, "tun", 1420, endpoint=endpoint, allowed_ips=allowed_ips)
+        self.device = MemoryDevice()
+        self.relay = Relay(self.core, self.device, clock=clock)
+        self.transport = net.transport(addr, self.relay.message)
+        self.relay.transport = self.transport
+        self.counters = self.core.counters
+
+    def send(self, *packets):
+        for p in packets:
+            self.device.inject(p)
+        self.relay.device_readable()
+
+
+class World:
+    def __init__(self, **kw):
+        self.net, self.clock = MemoryNetwork(), FakeClock()
+        self.sent: list[tuple[float, bytes, tuple, tuple]] = []  # every message put on the wire
+        self.drop = lambda message, src, dst: False
+        self.net.loss = self._watch
+        a_kw = {k[2:]: v for k, v in kw.items() if k.startswith("a_")}
+        b_kw = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
+        common = {k: v for k, v in kw.items() if not k.startswith(("a_", "b_"))}
+        self.a = Site(self.net, A, self.clock, KEY_A, KEY_B, endpoint=B, seed=1, **{**common, **a_kw})
+        self.b = Site(self.net, B, self.clock, KEY_B, KEY_A, seed=2, **{**common, **b_kw})
+
+    def _watch(self, message, src, dst):
+        self.sent.append((self.clock.now, message, src, dst))
+        return self.drop(message, src, dst)
+
+    def run(self, seconds: float):
+        """Advance the clock, firing each side's timer at its deadline and
+        delivering messages in between."""
+        until = self.clock.now + seconds
+        while True:
+            self.net.deliver()
+            due = [d for s in (self.a, self.b) if (d := s.core.next_deadline()) is not None and d <= until]
+            if not due:
+                break
+            self.clock.now = max(self.clock.now, min(due))
+            for s in (self.a, self.b):
+                d = s.core.next_deadline()
+                if d is not None and d <= self.clock.now:
+                    s.relay.timer_fired()
+        self.clock.now = until
+        self.net.deliver()
+
+    def kinds(self, since: float = float("-inf"), src=None):
+        return [m[0] for t, m, s, _ in self.sent if t >= since and (src is None or s == src)]
+
+
+def test_handshake_then_data_both_ways():
+    w = World()
+    w.a.send(PING)  # staged; starts the handshake
+    w.run(0)
+    assert w.kinds() == [1, 2, 4]  # initiation, response, the staged ping (no keepalive needed)
+    assert w.b.device.written == [PING]
+    assert w.a.counters.handshakes == 1
+    w.b.send(PONG)  # b's keypair is confirmed by a's first transport message
+    w.run(0)
+    assert w.a.device.written == [PONG]
+    assert w.b.counters.handshakes == 1
+    assert w.b.core.endpoint == A  # learned from the authenticated initiation
+
+
+def test_responder_sends_only_after_confirmation():
+    w = World()
+    w.drop = lambda m, s, d: m[0] == 4  # every transport message is lost
+    w.a.send(PING)
+    w.run(0)
+    assert w.b.session.next is not None and w.b.session.current is None
+    w.b.send(PONG)  # staged: no keypair confirmed yet
+    w.run(0)
+    assert [k for k in w.kinds(src=B)] == [2]
+    assert len(w.b.session.staged) == 1
+    w.drop = lambda m, s, d: False
+    w.a.send(PING)
+    w.run(0)
+    assert w.b.device.written == [PING]
+    assert w.a.device.written == [PONG]  # released as soon as a confirmed the keypair
+
+
+def test_initiator_sends_a_keepalive_when_it_has_nothing_to_send():
+    w = World(a_keepalive=None)
+    w.a.session._initiate(w.clock.now, retry=False)
+    w.a.relay.timer_fired()
+    w.run(0)
+    assert w.kinds() == [1, 2, 4]
+    assert w.b.session.current is not None  # confirmed by the keepalive
+    assert w.b.device.written == []  # a keepalive delivers nothing
+
+
+def test_retry_after_a_dropped_initiation():
+    w = World()
+    w.drop = lambda m, s, d: m[0] == 1 and len([x for x in w.sent if x[1][0] == 1]) == 1
+    w.a.send(PING)
+    w.run(4.9)
+    assert w.kinds() == [1]
+    w.run(0.5)  # REKEY_TIMEOUT + jitter (< 334 ms)
+    assert w.kinds() == [1, 1, 2, 4]
+    assert w.b.device.written == [PING]
+    first, second = [m for _, m, _, _ in w.sent if m[0] == 1]
+    assert first[8:40] != second[8:40]  # a fresh ephemeral key per attempt
+
+
+def test_gives_up_after_90_s_and_drops_what_was_queued():
+    w = World()
+    w.drop = lambda m, s, d: True  # the peer is unreachable
+    w.a.send(PING, PING)
+    w.run(89)
+    assert len(w.a.session.staged) == 2
+    w.run(10)
+    initiations = w.kinds(src=A)
+    assert all(k == 1 for k in initiations) and 18 <= len(initiations) <= 19
+    assert len(w.a.session.staged) == 0
+    assert w.a.counters.tx.drops == 2
+    w.run(60)
+    assert len(w.kinds(src=A)) == len(initiations)  # silence after giving up
+
+
+def test_rekey_after_120_s_and_nothing_sent_on_a_180_s_old_keypair():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    first = w.a.session.current
+    w.run(119)
+    w.a.send(PING)
+    w.run(0)
+    assert w.a.session.current is first  # not yet
+    w.run(1.5)
+    w.a.send(PING)  # 120.5 s old: sent on it, and a new handshake starts
+    w.run(0)
+    assert w.a.session.current is not first
+    assert w.a.session.previous is first
+    assert w.a.counters.handshakes == 2
+
+    # the other side: its peer vanishes; after 180 s its keypair is never used again
+    w2 = World()
+    w2.a.send(PING)
+    w2.run(0)
+    w2.b.send(PONG)
+    w2.run(0)
+    w2.drop = lambda m, s, d: True
+    w2.run(180)
+    before = len(w2.sent)
+    w2.b.send(PONG)
+    w2.run(0)
+    assert [m[0] for _, m, _, _ in w2.sent[before:]] == [1]  # only a new initiation, no data
+    assert len(w2.b.session.staged) == 1
+
+
+def test_keepalive_after_10_s_of_receiving_without_sending():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    start = w.clock.now
+    w.run(9.9)
+    assert w.kinds(since=start + 0.001) == []
+    w.run(0.2)
+    assert w.kinds(since=start + 0.001) == [4]  # b's keepalive
+    keepalive = [m for _, m, s, _ in w.sent if s == B][-1]
+    assert len(keepalive) == 32
+
+
+def test_new_handshake_after_15_s_without_reply():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    w.drop = lambda m, s, d: s == B  # b's answers are lost
+    t = w.clock.now
+    w.a.send(PING)
+    w.run(15.4)
+    assert 1 in w.kinds(since=t + 14.9, src=A)
+
+
+def test_persistent_keepalive():
+    w = World(a_keepalive=25)
+    w.a.send(PING)
+    w.run(0)
+    t = w.clock.now
+    w.run(60)
+    sent = [(round(ts - t), m[0], len(m)) for ts, m, s, _ in w.sent if s == A and ts > t]
+    # b's keepalive at 10 s is authenticated traffic, which restarts a's 25 s timer
+    assert sent == [(35, 4, 32), (60, 4, 32)]
+
+
+def test_keys_zeroed_after_540_s_without_handshake():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    w.drop = lambda m, s, d: True
+    w.run(541)
+    assert w.a.session.current is None and w.b.session.current is None
+    assert w.b.session.next is None and w.b.session.previous is None
+
+
+def test_replayed_initiation_is_rejected_without_answer():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    initiation = next(m for _, m, _, _ in w.sent if m[0] == 1)
+    before = len(w.sent)
+    w.clock.advance(1)
+    w.net.transport(("10.77.0.66", 4444)).send(initiation, B)  # captured and replayed
+    w.run(0)
+    assert len(w.sent) == before + 1  # the replay itself, and no response
+    assert w.b.counters.auth_failures == 1
+    assert w.b.core.endpoint == A  # the replayer did not become the peer
+
+
+def test_replayed_transport_message_is_dropped():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    data = [m for _, m, s, _ in w.sent if s == A and m[0] == 4][0]
+    w.a.transport.send(data, B)
+    w.run(0)
+    assert w.b.device.written == [PING]
+    assert w.b.counters.replays == 1
+
+
+def test_roaming_follows_authenticated_packets_only():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    w.a.transport.move(("10.77.0.9", 40000))
+    w.a.send(PING)
+    w.run(0)
+    assert w.b.core.endpoint == ("10.77.0.9", 40000)
+    w.b.send(PONG)
+    w.run(0)
+    assert w.a.device.written == [PONG]
+    # a forged transport message from elsewhere moves nothing
+    w.net.transport(("10.77.0.66", 1)).send(b"\x04\0\0\0" + bytes(28) + b"x" * 16, B)
+    w.run(0)
+    assert w.b.core.endpoint == ("10.77.0.9", 40000)
+
+
+def test_cookie_exchange_under_load():
+    w = World(b_under_load_rate=0)  # every handshake counts as load
+    w.a.send(PING)
+    w.run(0)
+    assert w.kinds() == [1, 3]  # initiation, cookie reply
+    assert w.b.counters.cookies_sent == 1
+    assert w.a.session.cookie_generator.cookie
+    w.run(5.4)  # the retry carries mac2 and is answered
+    assert w.kinds() == [1, 3, 1, 2, 4]
+    second = [m for _, m, _, _ in w.sent if m[0] == 1][1]
+    assert second[132:148] != bytes(16)
+    assert w.b.device.written == [PING]
+
+
+def test_wrong_peer_key_gets_no_answer():
+    w = World()
+    stranger_key = generate_private(b"\x07" * 32)
+    w.a.session = None
+    mallory = Site(w.net, ("10.77.0.66", 51820), w.clock, stranger_key, KEY_B, endpoint=B, seed=9)
+    mallory.send(PING)
+    w.run(30)
+    assert all(s == ("10.77.0.66", 51820) for _, _, s, _ in w.sent)  # b never sent anything
+    assert w.b.counters.auth_failures >= 1
+    assert w.b.device.written == []
+
+
+def test_modes_never_complete_a_handshake_across():
+    w = World(a_compatible=True, b_compatible=False)
+    w.a.send(PING)
+    w.run(20)
+    assert 2 not in w.kinds()
+    assert w.b.counters.auth_failures >= 1
+    assert w.a.counters.handshakes == w.b.counters.handshakes == 0
+
+
+def test_own_mode_handshake_and_reserved_bytes():
+    w = World(compatible=False)
+    w.a.send(PING)
+    w.run(0)
+    assert w.b.device.written == [PING]
+    # WireGuard mode drops a message with reserved bytes set; tunneld mode binds them
+    # into the transcript, so a flipped byte in flight fails authentication
+    w2 = World(compatible=False)
+    w2.drop = lambda m, s, d: False
+    flipped = []
+
+    def tamper(m, s, d):
+        if m[0] == 1 and not flipped:
+            flipped.append(True)
+            w2.net.in_flight.append((m[:1] + b"\x01" + m[2:], s, d))
+            return True
+        return False
+    w2.drop = tamper
+    w2.a.send(PING)
+    w2.run(0)
+    assert w2.b.counters.handshakes == 0 and w2.b.counters.auth_failures == 1
+
+
+@pytest.mark.parametrize("psk_a,psk_b,ok", [(b"\x01" * 32, b"\x01" * 32, True), (b"\x01" * 32, b"\x02" * 32, False),
+                                            (None, b"\x02" * 32, False)])
+def test_preshared_key(psk_a, psk_b, ok):
+    w = World(a_psk=psk_a, b_psk=psk_b)
+    w.a.send(PING)
+    w.run(0)
+    assert (w.b.device.written == [PING]) is ok
+
+
+def test_padding_and_trimming():
+    w = World()
+    w.a.send(PING)  # 33 bytes
+    w.run(0)
+    data = [m for _, m, s, _ in w.sent if s == A and m[0] == 4][0]
+    assert len(data) == 16 + 48 + 16  # padded to 48
+    assert w.b.device.written == [PING]  # trimmed by the IPv4 total length
+
+
+def test_allowed_ips_drop_foreign_inner_sources():
+    import ipaddress
+    w = World(b_allowed_ips=[ipaddress.ip_network("10.9.0.1/32")])
+    w.a.send(PING, ipv4_udp("10.66.6.6", "10.9.0.2", 1, 2, b"spoofed"))
+    w.run(0)
+    assert w.b.device.written == [PING]
+    assert w.b.counters.rx.drops == 1
+
+
+def test_junk_is_counted_and_never_answered():
+    w = World()
+    junk = w.net.transport(("10.77.0.66", 1))
+    for m in (b"", b"\x01", b"\x01\0\0\0" + bytes(144), b"\x02" * 92, b"\x05\0\0\0" + bytes(40), bytes(range(256))):
+        junk.send(m, B)
+    w.run(0)
+    assert all(s == ("10.77.0.66", 1) for _, _, s, _ in w.sent)
+    assert w.b.counters.rx.errors + w.b.counters.auth_failures == 6
