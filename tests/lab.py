@@ -166,6 +166,12 @@ class Lab:
             cmd[1:1] = ["-s", str(size), "-M", "do"]
         return self.run(ns, *cmd, check=check)
 
+    def wait_ping(self, ns: str, addr: str, timeout: float = 20) -> None:
+        """Until one ping gets through: an encrypted tunnel may still be retrying a
+        handshake whose first initiation left before the peer listened (5 s apart)."""
+        wait_for(lambda: self.ping(ns, addr, count=1, check=False).returncode == 0, timeout,
+                 what=f"a ping from {ns} to {addr}")
+
     def transfer(self, src_ns: str, dst_ns: str, dst_addr: str, size: int = 20_000_000, port: int = 5001) -> tuple[str, str]:
         """Send `size` pseudo-random bytes over TCP through the tunnel; (sent sha256, received sha256)."""
         out = self.tmp / f"{self.name('sink')}.out"

@@ -8,6 +8,7 @@
                      +--------------------------+          +--------------------------+
                                   \\====== tunnel (udp|tcp 55555) ======//
 
+Plaintext (simpletun's format) and encrypted (tunneld mode over UDP and TCP).
 The hosts share 10.60.0.0/24 and keep their 1500-byte MTU: ARP resolves across
 the tunnel and full-size frames (1514 bytes) cross it. Over UDP the outer
 datagram (1542 bytes) exceeds the 1500-byte underlay and the kernel fragments
@@ -18,19 +19,22 @@ import json
 
 import pytest
 
+from tests.test_netns_tunnel import keyed
+
 pytestmark = pytest.mark.netns
 
 
-def gateway(tap: str, bridge: str, me: int, proto: str) -> str:
+def gateway(tap: str, bridge: str, me: int, proto: str, encryption: str = "encryption: none") -> str:
     transport = ({"udp": f'listen: "0.0.0.0:55555", remote: "10.77.0.{3 - me}:55555"',
                   "tcp": 'listen: "0.0.0.0:55555"' if me == 2 else 'remote: "10.77.0.2:55555"'}[proto])
     return (f"interface: {{name: {tap}, mode: tap, bridge: {bridge}, mac: \"02:00:00:00:00:0{me}\"}}\n"
             f"transport: {{protocol: {proto}, {transport}}}\n"
-            "encryption: none\n")
+            f"{encryption}\n")
 
 
+@pytest.mark.parametrize("crypto", ["plaintext", "encrypted"])
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_tap_bridges_two_lans(lab, proto):
+def test_tap_bridges_two_lans(lab, proto, crypto):
     host_a, gw_a, gw_b, host_b = lab.ns(), lab.ns(), lab.ns(), lab.ns()
     lab.veth(gw_a, "10.77.0.1/24", gw_b, "10.77.0.2/24")
     bridges = {}
@@ -42,8 +46,9 @@ def test_tap_bridges_two_lans(lab, proto):
         lab.ip(gw, "link", "set", gw_port, "master", br)
         bridges[gw] = br
     taps = {gw_a: lab.name("tdtap"), gw_b: lab.name("tdtap")}
-    db = lab.daemon(gw_b, gateway(taps[gw_b], bridges[gw_b], 2, proto)).wait_up()
-    da = lab.daemon(gw_a, gateway(taps[gw_a], bridges[gw_a], 1, proto)).wait_up()
+    enc = keyed(lab) if crypto == "encrypted" else ["encryption: none"] * 2
+    db = lab.daemon(gw_b, gateway(taps[gw_b], bridges[gw_b], 2, proto, enc[1])).wait_up()
+    da = lab.daemon(gw_a, gateway(taps[gw_a], bridges[gw_a], 1, proto, enc[0])).wait_up()
     if proto == "tcp":
         da.wait_log("tcp: connected to")
 
@@ -51,6 +56,7 @@ def test_tap_bridges_two_lans(lab, proto):
     assert tap["mtu"] == 1500 and tap["master"] == bridges[gw_a]
     assert tap["address"] == "02:00:00:00:00:01"
 
+    lab.wait_ping(host_a, "10.60.0.2")
     lab.ping(host_a, "10.60.0.2")  # ARP resolves across the tunnel
     lab.ping(host_b, "10.60.0.1")
     neigh = lab.ip(host_a, "neigh", "show", "10.60.0.2").stdout

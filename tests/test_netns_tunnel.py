@@ -22,7 +22,8 @@ from tests.lab import wait_for
 pytestmark = pytest.mark.netns
 
 
-def site(name: str, me: int, proto: str, *, listen: bool, remote: bool, extra: str = "") -> str:
+def site(name: str, me: int, proto: str, *, listen: bool, remote: bool, extra: str = "",
+         encryption: str = "encryption: none") -> str:
     peer = 3 - me
     lines = [
         "interface:",
@@ -37,7 +38,7 @@ def site(name: str, me: int, proto: str, *, listen: bool, remote: bool, extra: s
         lines.append('  listen: "0.0.0.0:55555"')
     if remote:
         lines.append(f'  remote: "10.77.0.{peer}:55555"')
-    lines += ["encryption: none", "log_level: debug", ""]
+    lines += [encryption, "log_level: debug", ""]
     return "\n".join(line for line in lines if line)
 
 
@@ -48,17 +49,29 @@ def sites(lab):
     return a, b
 
 
+def keyed(lab, n: int = 2) -> list[str]:
+    """Encryption blocks (tunneld mode) for n sites that know each other."""
+    keys = [lab.keypair() for _ in range(n)]
+    psk = lab.psk()
+    return [f"encryption:\n  private_key_file: {keys[i][0]}\n  peer_public_key: \"{keys[1 - i][1]}\"\n"
+            f"  preshared_key_file: {psk}" for i in range(n)]
+
+
+@pytest.mark.parametrize("crypto", ["plaintext", "encrypted"])
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_tun_ping_both_ways_and_20mb_intact(lab, sites, proto):
-    """a. TUN over UDP, b. TUN over TCP: ping both ways, 20 MB with the same sha256."""
+def test_tun_ping_both_ways_and_20mb_intact(lab, sites, proto, crypto):
+    """a. TUN over UDP, b. TUN over TCP: ping both ways, 20 MB with the same sha256;
+    in plaintext (simpletun's format) and encrypted (tunneld mode)."""
     a, b = sites
+    enc = keyed(lab) if crypto == "encrypted" else ["encryption: none"] * 2
     # A connects (tcp) / knows its peer (udp); B listens and learns.
-    da = lab.daemon(a, site(lab.name("tdt"), 1, proto, listen=proto == "udp", remote=True))
-    db = lab.daemon(b, site(lab.name("tdt"), 2, proto, listen=True, remote=False))
+    da = lab.daemon(a, site(lab.name("tdt"), 1, proto, listen=proto == "udp", remote=True, encryption=enc[0]))
+    db = lab.daemon(b, site(lab.name("tdt"), 2, proto, listen=True, remote=False, encryption=enc[1]))
     db.wait_up()
     da.wait_up()
     if proto == "tcp":
         da.wait_log("tcp: connected to")
+    lab.wait_ping(a, "10.9.0.2")
     lab.ping(a, "10.9.0.2")  # A first: B learns A's address from it
     lab.ping(b, "10.9.0.1")
     lab.ping(b, "fd09::1")
@@ -70,7 +83,9 @@ def test_tun_ping_both_ways_and_20mb_intact(lab, sites, proto):
     assert da.stop() == 0 and db.stop() == 0
     assert "Traceback" not in da.log + db.log
     counters = [line for line in db.log.splitlines() if "counters:" in line]
-    assert counters and " 0 errors" in counters[0]
+    assert counters and " 0 errors" in counters[0] and "0 authentication failures" in counters[0]
+    if crypto == "encrypted":
+        assert "handshake completed" in da.log and "1 handshakes" in counters[0]
 
 
 def test_tcp_reconnects_after_the_listener_restarts(lab, sites):
