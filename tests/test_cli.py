@@ -22,10 +22,30 @@ def test_version():
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
-def test_bundled_configs_check(name):
-    p = tunneld("check", "--config", str(ROOT / "config" / name))
+def test_bundled_configs_check(name, tmp_path):
+    """Each bundled config is valid once its key files exist (as scripts/demo makes them)."""
+    cfg = tmp_path / name
+    cfg.write_text((ROOT / "config" / name).read_text())
+    for line in cfg.read_text().splitlines():
+        if "_key_file:" in line or "preshared_key_file:" in line:
+            key = tmp_path / line.split(":", 1)[1].split("#")[0].strip()
+            key.touch(mode=0o600)
+            key.write_text(tunneld("genkey").stdout)
+    p = tunneld("check", "--config", str(cfg))
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith(f"{ROOT / 'config' / name}: ok (")
+    assert p.stdout.startswith(f"{cfg}: ok (")
+
+
+def test_genkey_pubkey_genpsk():
+    import base64
+    key = tunneld("genkey").stdout
+    raw = base64.b64decode(key)
+    assert len(raw) == 32 and raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40
+    pub = subprocess.run([sys.executable, "-m", "tunneld", "pubkey"], input=key, capture_output=True, text=True)
+    assert pub.returncode == 0 and len(base64.b64decode(pub.stdout)) == 32
+    assert len(base64.b64decode(tunneld("genpsk").stdout)) == 32
+    bad = subprocess.run([sys.executable, "-m", "tunneld", "pubkey"], input="nope", capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr == "tunneld pubkey: stdin is not a base64 private key of 32 bytes\n"
 
 
 def test_check_bad_config_is_one_line_exit_2(tmp_path):
