@@ -57,23 +57,15 @@ class Relay:
                 break
             core.from_device(packet, now)
             if core.datagrams:
-                self._send(now)
-        if core.events:
-            self.log_events()
-        self._rearm()
+                self._send(now)  # at once: the device's read buffer is reused by the next read
+        self._carry_out(now)
 
     def message(self, message: bytes | memoryview, addr: Address) -> None:
         """A transport's on_message callback."""
         core = self.core
         now = self.clock()
         core.from_network(message, addr, now)
-        if core.packets:
-            self._deliver(now)
-        if core.datagrams:
-            self._send(now)
-        if core.events:
-            self.log_events()
-        self._rearm()
+        self._carry_out(now)
 
     def timer_fired(self) -> None:
         """The one timer: the core decides what, if anything, is due."""
@@ -81,6 +73,13 @@ class Relay:
         core = self.core
         now = self.clock()
         core.on_timer(now)
+        self._carry_out(now)
+
+    def _carry_out(self, now: float) -> None:
+        """Do what the core asked for: write packets, send messages, log, re-arm."""
+        core = self.core
+        if core.packets:
+            self._deliver(now)
         if core.datagrams:
             self._send(now)
         if core.events:
@@ -120,11 +119,7 @@ class Relay:
         core = self.core
         now = self.clock()
         core.kick(now)
-        if core.datagrams:
-            self._send(now)
-        if core.events:
-            self.log_events()
-        self._rearm()
+        self._carry_out(now)
 
     def peer_down(self) -> None:
         self.core.peer_down()

@@ -71,6 +71,16 @@ class Handshake:
         self.peer_header = b""  # the peer's 4-byte header of its last handshake message
         self._zero()
 
+    def _bind(self, h: bytes, header: bytes) -> bytes:
+        """tunneld mode: the message header joins the transcript (see messages.py)."""
+        return HASH(h + header) if self.bind_header else h
+
+    def _ephemeral(self, c: bytes, h: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """A fresh ephemeral key pair, mixed in: the `e` token. (c, h, private, public)."""
+        eph = generate_private(self.rng(32))
+        eph_pub = public_of(eph)
+        return KDF1(c, eph_pub), HASH(h + eph_pub), eph, eph_pub
+
     def _zero(self) -> None:
         self.chain = self.hash = self.ephemeral_private = self.remote_ephemeral = b""
 
@@ -82,13 +92,7 @@ class Handshake:
 
     def create_initiation(self, wall: float, local_index: int, header: bytes = messages.HEADER_INITIATION) -> bytes:
         """The initiation up to mac1 (cookie.py adds the MACs)."""
-        c, h = self.c0, self.h_initiator
-        if self.bind_header:
-            h = HASH(h + header)
-        eph = generate_private(self.rng(32))
-        eph_pub = public_of(eph)
-        c = KDF1(c, eph_pub)  # e
-        h = HASH(h + eph_pub)
+        c, h, eph, eph_pub = self._ephemeral(self.c0, self._bind(self.h_initiator, header))  # e
         c, k = KDF2(c, DH(eph, self.peer_public))  # es
         static = _seal(k, self.static_public, h)
         h = HASH(h + static)
@@ -106,9 +110,7 @@ class Handshake:
         header, sender, receiver, eph_pub, empty, _, _ = messages.RESPONSE.unpack(message)
         if receiver != self.local_index:
             raise HandshakeError("a response to another initiation")
-        c, h = self.chain, self.hash
-        if self.bind_header:
-            h = HASH(h + header)
+        c, h = self.chain, self._bind(self.hash, header)
         try:
             c = KDF1(c, eph_pub)  # e
             h = HASH(h + eph_pub)
@@ -131,9 +133,7 @@ class Handshake:
         """Check an initiation; a stale timestamp is a replay. Any state may be
         replaced: the peer may have restarted, or both sides initiated at once."""
         header, sender, eph_pub, static, timestamp, _, _ = messages.INITIATION.unpack(message)
-        c, h = self.c0, self.h_responder
-        if self.bind_header:
-            h = HASH(h + header)
+        c, h = self.c0, self._bind(self.h_responder, header)
         try:
             c = KDF1(c, eph_pub)  # e
             h = HASH(h + eph_pub)
@@ -158,13 +158,7 @@ class Handshake:
         """The response up to mac1."""
         if self.state is not State.INITIATION_CONSUMED:
             raise IllegalTransition(f"create_response in state {self.state.value}")
-        c, h = self.chain, self.hash
-        if self.bind_header:
-            h = HASH(h + header)
-        eph = generate_private(self.rng(32))
-        eph_pub = public_of(eph)
-        c = KDF1(c, eph_pub)  # e
-        h = HASH(h + eph_pub)
+        c, h, eph, eph_pub = self._ephemeral(self.chain, self._bind(self.hash, header))  # e
         c = KDF1(c, DH(eph, self.remote_ephemeral))  # ee
         c = KDF1(c, DH(eph, self.peer_public))  # se
         c, tau, k = KDF3(c, self.psk)  # psk
