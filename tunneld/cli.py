@@ -1,5 +1,6 @@
 """Command line: `tunneld --config FILE`, `tunneld check --config FILE`, `tunneld --version`,
-and WireGuard-style keys: `tunneld genkey`, `tunneld pubkey` (stdin to stdout), `tunneld genpsk`.
+WireGuard-style keys: `tunneld genkey`, `tunneld pubkey` (stdin to stdout), `tunneld genpsk`,
+`tunneld status [NAME] [--json]`, and persistent devices: `tunneld mktun`, `tunneld rmtun`.
 
 Exit codes: 0 after an orderly stop, 1 when the system refuses us at start
 (device, address, bridge), 2 for a bad command line or config. Errors are one
@@ -30,7 +31,69 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("genkey", help="print a new base64 private key (like 'wg genkey')")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key (like 'wg pubkey')")
     sub.add_parser("genpsk", help="print a new base64 preshared key (like 'wg genpsk')")
+    status = sub.add_parser("status", help="show a running tunnel's state (all of them without NAME)")
+    status.add_argument("name", nargs="?", metavar="NAME", help="the instance: london for london.yaml")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    mk = sub.add_parser("mktun", help="create a persistent TUN/TAP device (like ip tuntap add)")
+    mk.add_argument("device", metavar="NAME")
+    mk.add_argument("--mode", choices=("tun", "tap"), required=True)
+    mk.add_argument("--user", help="the user who may attach to it without privileges")
+    mk.add_argument("--group", help="the group whose members may attach to it")
+    mk.add_argument("--multi-queue", action="store_true")
+    rm = sub.add_parser("rmtun", help="delete a persistent TUN/TAP device")
+    rm.add_argument("device", metavar="NAME")
     return p
+
+
+def _status(name: str | None, as_json: bool) -> int:
+    import glob
+    import json
+
+    from tunneld import control
+
+    if name:
+        paths = [control.socket_path(name)]
+    else:
+        paths = sorted(glob.glob(control.socket_path("*")))
+        if not paths:
+            print(f"tunneld status: no tunnels running (no sockets in {control.runtime_dir()})", file=sys.stderr)
+            return 3
+    results, code = [], 0
+    for path in paths:
+        try:
+            results.append(control.query(path))
+        except FileNotFoundError:
+            print(f"tunneld status: {name or path}: not running (no {path})", file=sys.stderr)
+            code = 3
+        except OSError as e:
+            print(f"tunneld status: {path}: {e.strerror or e}", file=sys.stderr)
+            code = 3
+    if as_json:
+        print(json.dumps(results[0] if name and results else results, indent=2))
+    else:
+        print("\n".join(control.format_status(r) for r in results))
+    return code
+
+
+def _tun_admin(args) -> int:
+    from tunneld import device, privileges
+
+    try:
+        if args.command == "mktun":
+            uid = gid = None
+            if args.user:
+                uid, primary = privileges.resolve(args.user, None)
+            if args.group:
+                _, gid = privileges.resolve(args.user or "root", args.group)
+            device.mktun(args.device, args.mode, uid, gid, args.multi_queue)
+            print(f"{args.device}: persistent {args.mode} device created")
+        else:
+            device.rmtun(args.device)
+            print(f"{args.device}: deleted")
+    except StartupError as e:
+        print(f"tunneld {args.command}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _keys(command: str) -> int:
@@ -56,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("genkey", "pubkey", "genpsk"):
         return _keys(args.command)
+    if args.command == "status":
+        return _status(args.name, args.json)
+    if args.command in ("mktun", "rmtun"):
+        return _tun_admin(args)
     if args.command is None and not args.config:
         parser.error("--config FILE is required")
     try:

@@ -56,6 +56,7 @@ class InterfaceConfig:
     bridge: str | None = None
     routes: tuple[IPNetwork, ...] = ()
     persistent: bool = False
+    clamp_mss: bool = False  # rewrite TCP MSS on SYNs to fit the tunnel (default on for tun)
 
     @property
     def max_packet(self) -> int:
@@ -88,12 +89,34 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    user: str
+    group: str | None = None  # None: the user's primary group
+    keep_net_admin: bool = True  # keep CAP_NET_ADMIN so reloads can change addresses and routes
+
+
+@dataclass(frozen=True)
+class Hooks:
+    up: tuple[str, ...] = ()  # shell commands run after the device is up
+    down: tuple[str, ...] = ()  # and before it goes down
+
+
+@dataclass(frozen=True)
 class Config:
     interface: InterfaceConfig
     transport: TransportConfig
     encryption: EncryptionConfig | None  # None is the explicit plaintext mode ("encryption: none")
     log_level: str = "info"
     source: str = "<config>"
+    run_as: RunAs | None = None
+    hooks: Hooks = Hooks()
+    metrics: Endpoint | None = None  # Prometheus text on http://listen/metrics
+
+    @property
+    def name(self) -> str:
+        """The instance name: the config file's name without .yaml (london.yaml: london)."""
+        base = os.path.basename(self.source)
+        return base.rsplit(".", 1)[0] if "." in base else base
 
     @property
     def max_message(self) -> int:
@@ -258,7 +281,7 @@ class _Reader:
     # the document
 
     def config(self, data: Any) -> Config:
-        top = self.mapping(data, "", {"interface", "transport", "encryption", "log_level"},
+        top = self.mapping(data, "", {"interface", "transport", "encryption", "log_level", "run_as", "hooks", "metrics"},
                            {"interface", "transport", "encryption"})
         transport = self.transport(top["transport"])
         encryption = self.encryption(top["encryption"])
@@ -272,10 +295,34 @@ class _Reader:
             if encryption.allowed_ips is not None and interface.mode != "tun":
                 raise self.error("encryption.allowed_ips", "applies to IP packets: needs interface.mode tun")
         log_level = self.choice(top.get("log_level", "info"), "log_level", LOG_LEVELS)
-        cfg = Config(interface, transport, encryption, log_level, self.source)
+        run_as = self.run_as(top["run_as"]) if "run_as" in top else None
+        hooks = self.hooks(top["hooks"]) if "hooks" in top else Hooks()
+        metrics = None
+        if "metrics" in top:
+            m = self.mapping(top["metrics"], "metrics", {"listen"}, {"listen"})
+            metrics = self.endpoint(m["listen"], "metrics.listen")
+            if not _is_ip(metrics.host):
+                raise self.error("metrics.listen", f"expected an IP address to bind, got {metrics.host!r}")
+        cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics)
         if encryption is not None and self.read_secret is not None:
             cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption)))
         return cfg
+
+    def run_as(self, value: Any) -> RunAs:
+        m = self.mapping(value, "run_as", {"user", "group", "keep_net_admin"}, {"user"})
+        user = self.typed(m["user"], "run_as.user", str)
+        group = self.typed(m["group"], "run_as.group", str) if "group" in m else None
+        keep = self.typed(m.get("keep_net_admin", True), "run_as.keep_net_admin", bool)
+        for key, name in (("run_as.user", user), ("run_as.group", group)):
+            if name is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$", name):
+                raise self.error(key, f"not a user or group name: {name!r}")
+        return RunAs(user, group, keep)
+
+    def hooks(self, value: Any) -> Hooks:
+        m = self.mapping(value, "hooks", {"up", "down"}, set())
+        up = tuple(self.str_list(m.get("up", []), "hooks.up"))
+        down = tuple(self.str_list(m.get("down", []), "hooks.down"))
+        return Hooks(up, down)
 
     def encryption(self, value: Any) -> EncryptionConfig | None:
         if value == "none":
@@ -330,7 +377,7 @@ class _Reader:
         return value
 
     def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
-        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent"}
+        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent", "clamp_mss"}
         m = self.mapping(value, "interface", keys, {"mode"})
         mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
         name = self.ifname(m["name"], "interface.name") if m.get("name") is not None else None
@@ -377,7 +424,10 @@ class _Reader:
             if mode != "tap":
                 raise self.error("interface.bridge", "only a tap device can join a bridge")
             bridge = self.ifname(m["bridge"], "interface.bridge")
-        return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent)
+        clamp = self.typed(m.get("clamp_mss", mode == "tun"), "interface.clamp_mss", bool)
+        if clamp and mode != "tun":
+            raise self.error("interface.clamp_mss", "clamps TCP in IP packets: needs interface.mode tun")
+        return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent, clamp)
 
     def address(self, text: str, path: str) -> IPInterface:
         if "/" not in text:

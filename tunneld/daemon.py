@@ -1,5 +1,6 @@
 """The daemon's lifecycle: open and configure the device, bind the transport,
-relay until SIGTERM/SIGINT, then undo everything in reverse order.
+run the up hooks, drop privileges, tell systemd READY=1; relay until
+SIGTERM/SIGINT, reload on SIGHUP; then undo everything in reverse order.
 
 This is the thin asyncio side: it owns the loop, the fds and the signals;
 the packet logic lives in the core (`tunnel.py`) and the relay (`relay.py`).
@@ -11,13 +12,20 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import signal
 import time
 
+from tunneld import config as configmod
+from tunneld import control, hooks, mss, privileges
 from tunneld.config import Config
 from tunneld.device import TunTap
+from tunneld.errors import StartupError
+from tunneld.metrics import MetricsServer
 from tunneld.netconf import LinkSetup
 from tunneld.relay import Relay
+from tunneld.reload import apply_reload, restart_needed
+from tunneld.sdnotify import Notifier
 from tunneld.session import PlaintextSession
 from tunneld.tcp import TcpTransport
 from tunneld.tunnel import Tunnel
@@ -26,69 +34,225 @@ from tunneld.wg.peer import WireGuardSession
 from tunneld.wg.primitives import public_of
 
 log = logging.getLogger("tunneld")
+STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
 
 
 async def run(cfg: Config) -> int:
     """Run one tunnel until a signal; the exit code (0 after an orderly stop).
     A StartupError propagates after whatever was set up has been undone."""
-    loop = asyncio.get_running_loop()
-    stopping: asyncio.Future[tuple[str, int]] = loop.create_future()
+    return await Daemon(cfg).run()
 
-    def stop(reason: str, code: int = 0) -> None:
-        if not stopping.done():
-            stopping.set_result((reason, code))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig.name)
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.notifier = Notifier()
+        self.stopping: asyncio.Future[tuple[str, int]] = self.loop.create_future()
+        self.started = time.monotonic()
+        self.device: TunTap | None = None
+        self.link: LinkSetup | None = None
+        self.core: Tunnel | None = None
+        self.relay: Relay | None = None
+        self.transport = None
+        self.can_net_admin = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._reloading = False
 
-    icfg, tcfg = cfg.interface, cfg.transport
-    session = _session(cfg)
-    core = None
-    with contextlib.ExitStack() as undo:
-        undo.callback(lambda: [loop.remove_signal_handler(s) for s in (signal.SIGTERM, signal.SIGINT)])
-        device = TunTap.open(icfg.name, icfg.mode, icfg.max_packet, icfg.persistent)
-        undo.callback(device.close)
-        log.info("%s: %s %s device, mtu %d", device.name,
-                 "attached to persistent" if icfg.persistent else "created", icfg.mode, icfg.mtu)
-        link = LinkSetup(device.name, restore=icfg.persistent)
-        undo.callback(link.undo)
-        link.apply(icfg)
+    def stop(self, reason: str, code: int = 0) -> None:
+        if not self.stopping.done():
+            self.stopping.set_result((reason, code))
 
-        enc = cfg.encryption
-        core = Tunnel(session, icfg.mode, icfg.max_packet, allowed_ips=enc.allowed_ips if enc else None)
-        timer: list[asyncio.TimerHandle] = []
+    async def run(self) -> int:
+        loop, cfg = self.loop, self.cfg
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        icfg, tcfg = cfg.interface, cfg.transport
+        session = make_session(cfg)
+        code = 1
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._remove_signal_handlers)
+            undo.callback(self.notifier.close)
+            uid_gid = privileges.resolve(cfg.run_as.user, cfg.run_as.group) if cfg.run_as else None
+            self.device = device = TunTap.open(icfg.name, icfg.mode, icfg.max_packet, icfg.persistent)
+            undo.callback(device.close)
+            log.info("%s: %s %s device, mtu %d", device.name,
+                     "attached to persistent" if icfg.persistent else "created", icfg.mode, icfg.mtu)
+            self.link = LinkSetup(device.name, restore=icfg.persistent)
+            undo.callback(self._undo_link)
+            self.link.apply(icfg)
 
-        def arm(when: float) -> None:
-            if timer:
-                timer.pop().cancel()
-            timer.append(loop.call_later(max(0.0, when - time.monotonic()), relay.timer_fired))
+            enc = cfg.encryption
+            self.core = core = Tunnel(session, icfg.mode, icfg.max_packet,
+                                      allowed_ips=enc.allowed_ips if enc else None,
+                                      clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None)
+            self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm)
+            undo.callback(lambda: self._timer and self._timer.cancel())
+            await self._open_transport()
+            undo.callback(lambda: self.transport.close())
+            loop.add_reader(device.fileno(), relay.device_readable)
+            undo.callback(loop.remove_reader, device.fileno())
 
-        relay = Relay(core, device, on_fatal=lambda why: stop(why, 1), arm=arm)
-        undo.callback(lambda: [t.cancel() for t in timer])
+            ctl = control.ControlServer(control.socket_path(cfg.name), self.snapshot)
+            try:
+                await ctl.start()
+                undo.callback(ctl.close)
+            except OSError as e:
+                log.warning("status: no control socket at %s: %s", ctl.path, e.strerror)
+            if cfg.metrics is not None:
+                metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.snapshot)
+                await metrics.start()
+                undo.callback(metrics.close)
+
+            if cfg.hooks.up:
+                try:
+                    await hooks.run("up", cfg.hooks.up, self._hook_env())
+                except hooks.HookError as e:
+                    raise StartupError(f"up hook {e.command!r} exited with {e.code}"
+                                       + (f": {e.output.splitlines()[-1]}" if e.output else "")) from None
+            if uid_gid is not None:
+                if ctl.server is not None:
+                    ctl.chown(*uid_gid)
+                privileges.drop(*uid_gid, cfg.run_as.keep_net_admin)
+                self.can_net_admin = privileges.has_net_admin()
+                log.info("running as %s:%s, %s", cfg.run_as.user, cfg.run_as.group or "(primary group)",
+                         "keeping CAP_NET_ADMIN" if self.can_net_admin else "with no capabilities")
+
+            log.info("%s: up, %s over %s", device.name, icfg.mode, tcfg.protocol)
+            relay.start()
+            self.notifier.ready(self.status_line())
+            self._tick_watchdog()
+            self._tick_status()
+            reason, code = await self.stopping
+            log.info("stopping: %s", reason)
+            self.notifier.stopping()
+            if cfg.hooks.down:
+                try:
+                    await hooks.run("down", cfg.hooks.down, self._hook_env())
+                except hooks.HookError as e:
+                    log.warning("down hook %r exited with %d: %s", e.command, e.code, e.output or "(no output)")
+        if self.core is not None:
+            log.info("counters: %s", self.core.counters.summary())
+        log.info("stopped")
+        return code
+
+    # --- pieces of start-up ----------------------------------------------------
+
+    async def _open_transport(self) -> None:
+        cfg, core, relay = self.cfg, self.core, self.relay
+        tcfg = cfg.transport
         if tcfg.protocol == "udp":
-            transport, remote = await UdpTransport.open(tcfg, relay.message, cfg.max_message, relay.transport_error)
+            self.transport, remote = await UdpTransport.open(tcfg, relay.message, cfg.max_message, relay.transport_error)
             core.endpoint = remote
             # plaintext cannot prove who sent a packet: a configured peer is pinned
-            core.pinned = enc is None and remote is not None
+            core.pinned = cfg.encryption is None and remote is not None
         else:
-            transport = await TcpTransport.open(tcfg, cfg.max_message, relay.message,
-                                                relay.peer_up, relay.peer_down, relay.transport_error)
-        relay.transport = transport
-        undo.callback(transport.close)
-        loop.add_reader(device.fileno(), relay.device_readable)
-        undo.callback(loop.remove_reader, device.fileno())
+            self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.message,
+                                                     relay.peer_up, relay.peer_down, relay.transport_error)
+        relay.transport = self.transport
 
-        log.info("%s: up, %s over %s", device.name, icfg.mode, tcfg.protocol)
-        relay.start()
-        reason, code = await stopping
-        log.info("stopping: %s", reason)
-    if core is not None:
-        log.info("counters: %s", core.counters.summary())
-    log.info("stopped")
-    return code
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self.relay.timer_fired)
+
+    def _undo_link(self) -> None:
+        if self.link.undo_steps and not self.can_net_admin:
+            log.warning("%s: no CAP_NET_ADMIN left to undo %d changes to the persistent device",
+                        self.device.name, len(self.link.undo_steps))
+        self.link.undo()
+
+    def _remove_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.remove_signal_handler(sig)
+
+    def _hook_env(self) -> dict[str, str]:
+        icfg = self.cfg.interface
+        return hooks.environment(self.device.name, icfg.mode, icfg.mtu, icfg.addresses, _peer(self.core))
+
+    # --- systemd: watchdog and status ----------------------------------------------
+
+    def _tick_watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: if the loop hangs, the pings stop."""
+        interval = self.notifier.watchdog_interval
+        if interval is None or self.stopping.done():
+            return
+        self.notifier.watchdog()
+        self.loop.call_later(interval, self._tick_watchdog)
+
+    def _tick_status(self) -> None:
+        if self.notifier.sock is None or self.stopping.done():
+            return
+        self.notifier.status(self.status_line())
+        self.loop.call_later(STATUS_INTERVAL, self._tick_status)
+
+    def status_line(self) -> str:
+        st = self.snapshot()
+        peer = st["peer"] or "no peer yet"
+        if st["encryption"] == "plaintext":
+            return f"{st['interface']} up, peer {peer} (plaintext)"
+        hs = st["last_handshake_seconds_ago"]
+        return f"{st['interface']} up, peer {peer}, " + ("no handshake yet" if hs is None else f"handshake {hs:.0f} s ago")
+
+    def snapshot(self) -> dict:
+        cfg, core = self.cfg, self.core
+        c = core.counters
+        session = core.session
+        last = getattr(session, "last_handshake", None)
+        now = time.monotonic()
+        enc = cfg.encryption
+        return {
+            "name": cfg.name,
+            "interface": self.device.name,
+            "mode": cfg.interface.mode,
+            "mtu": cfg.interface.mtu,
+            "transport": f"{cfg.transport.protocol}" + "".join(
+                f" {k} {v}" for k, v in (("listen", cfg.transport.listen), ("remote", cfg.transport.remote)) if v),
+            "encryption": "plaintext" if enc is None else ("wireguard" if enc.wireguard_compatible else "tunneld"),
+            "peer": _peer(core),
+            "last_handshake_seconds_ago": None if last is None else round(now - last, 1),
+            "rx": vars(c.rx).copy(),
+            "tx": vars(c.tx).copy(),
+            "auth_failures": c.auth_failures,
+            "handshakes": c.handshakes,
+            "reconnects": c.reconnects,
+            "peer_changes": c.peer_changes,
+            "uptime_seconds": round(now - self.started, 1),
+            "pid": os.getpid(),
+        }
+
+    # --- reload ------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the file; apply what can change live, or refuse and keep running."""
+        if self._reloading or self.stopping.done():
+            return
+        self._reloading = True
+        self.notifier.reloading()
+        try:
+            try:
+                new = configmod.load(self.cfg.source)
+            except configmod.ConfigError as e:
+                log.error("reload refused, keeping the running config: %s", e)
+                return
+            why = restart_needed(self.cfg, new)
+            if why:
+                log.error("reload refused, keeping the running config: %s", why)
+                return
+            try:
+                changed = await apply_reload(self, new)
+            except StartupError as e:
+                log.error("reload stopped half-way: %s", e)
+                return
+            self.cfg = new
+            log.info("reloaded %s: %s", new.source, ", ".join(changed) if changed else "nothing changed")
+        finally:
+            self._reloading = False
+            self.notifier.ready(self.status_line())
 
 
-def _session(cfg: Config):
+def make_session(cfg: Config, previous=None):
     enc = cfg.encryption
     if enc is None:
         log.warning("encryption: none: packets cross the network in plaintext, unauthenticated")
@@ -97,7 +261,18 @@ def _session(cfg: Config):
     mode = "WireGuard-compatible" if enc.wireguard_compatible else "tunneld mode"
     log.info("encryption: %s, public key %s, peer %s%s", mode, base64.b64encode(public_of(keys.private)).decode(),
              base64.b64encode(enc.peer_public_key).decode(), ", with preshared key" if keys.psk else "")
-    return WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
-                            compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
-                            persistent_keepalive=cfg.transport.keepalive,
-                            wall_offset=time.time() - time.monotonic())
+    session = WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
+                               compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
+                               persistent_keepalive=cfg.transport.keepalive,
+                               wall_offset=time.time() - time.monotonic())
+    if previous is not None and previous.handshake.peer_public == enc.peer_public_key:
+        # the same peer: its old initiations stay replays after a reload
+        session.handshake.last_timestamp = previous.handshake.last_timestamp
+    return session
+
+
+def _peer(core: Tunnel | None) -> str | None:
+    if core is None or core.endpoint is None:
+        return None
+    from tunneld.tunnel import _fmt
+    return _fmt(core.endpoint)

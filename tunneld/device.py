@@ -128,3 +128,51 @@ def _setiff_why(e: OSError, persistent: bool) -> str:
     if e.errno == errno.EINVAL:
         return "invalid argument (the existing device has another mode or flags)"
     return e.strerror or str(e)
+
+
+def mktun(name: str, mode: str, uid: int | None = None, gid: int | None = None, multi_queue: bool = False) -> None:
+    """Create a persistent device that `uid`/`gid` may attach to without privileges
+    (like `ip tuntap add ... user U group G`, tunctl)."""
+    flags = (IFF_TAP if mode == "tap" else IFF_TUN) | IFF_NO_PI | IFF_TUN_EXCL | (IFF_MULTI_QUEUE if multi_queue else 0)
+    fd = _open_tun(name)
+    try:
+        _ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode(), flags), name, f"create {mode} device")
+        if uid is not None:
+            _ioctl(fd, TUNSETOWNER, uid, name, f"set owner {uid}")
+        if gid is not None:
+            _ioctl(fd, TUNSETGROUP, gid, name, f"set group {gid}")
+        _ioctl(fd, TUNSETPERSIST, 1, name, "make persistent")
+    finally:
+        os.close(fd)
+
+
+def rmtun(name: str) -> None:
+    """Delete a persistent TUN/TAP device."""
+    if not os.path.exists(f"{SYS_NET}/{name}"):
+        raise StartupError(f"{name}: no such device")
+    try:
+        with open(f"{SYS_NET}/{name}/tun_flags") as f:
+            existing = int(f.read().strip(), 16)
+    except FileNotFoundError:
+        raise StartupError(f"{name}: not a TUN/TAP device") from None
+    flags = (existing & (IFF_TUN | IFF_TAP | IFF_MULTI_QUEUE)) | IFF_NO_PI
+    fd = _open_tun(name)
+    try:
+        _ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode(), flags), name, "attach")
+        _ioctl(fd, TUNSETPERSIST, 0, name, "clear persistence")
+    finally:
+        os.close(fd)  # the last fd of a non-persistent device: it is gone
+
+
+def _open_tun(label: str) -> int:
+    try:
+        return os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise StartupError(f"{label}: cannot open {TUN_PATH}: {_why(e)}") from None
+
+
+def _ioctl(fd: int, request: int, arg, name: str, step: str):
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        raise StartupError(f"{name}: cannot {step}: {_setiff_why(e, persistent=True)}") from None

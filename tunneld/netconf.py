@@ -79,14 +79,32 @@ class LinkSetup:
             self._do(f"join bridge {br}", ["link", "set", "dev", dev, "master", br],
                      ["link", "set", "dev", dev, "nomaster"])
         for addr in cfg.addresses:
-            self._do(f"add address {addr}", ["addr", "add", str(addr), "dev", dev],
-                     ["addr", "del", str(addr), "dev", dev], exists_ok=True)
+            self.add_address(addr)
         if not _is_up(dev):
             self._do("bring the link up", ["link", "set", "dev", dev, "up"], ["link", "set", "dev", dev, "down"])
         for net in cfg.routes:
-            family = "-6" if net.version == 6 else "-4"
-            self._do(f"add route {net}", [family, "route", "add", str(net), "dev", dev],
-                     [family, "route", "del", str(net), "dev", dev])
+            self.add_route(net)
+
+    def add_address(self, addr) -> None:
+        self._do(f"add address {addr}", ["addr", "add", str(addr), "dev", self.name],
+                 ["addr", "del", str(addr), "dev", self.name], exists_ok=True)
+
+    def del_address(self, addr) -> None:
+        self._forget(["addr", "del", str(addr), "dev", self.name])
+        self._do(f"remove address {addr}", ["addr", "del", str(addr), "dev", self.name])
+
+    def add_route(self, net) -> None:
+        family = "-6" if net.version == 6 else "-4"
+        self._do(f"add route {net}", [family, "route", "add", str(net), "dev", self.name],
+                 [family, "route", "del", str(net), "dev", self.name])
+
+    def del_route(self, net) -> None:
+        family = "-6" if net.version == 6 else "-4"
+        self._forget([family, "route", "del", str(net), "dev", self.name])
+        self._do(f"remove route {net}", [family, "route", "del", str(net), "dev", self.name])
+
+    def _forget(self, undo_args: list[str]) -> None:
+        self.undo_steps = [(step, args) for step, args in self.undo_steps if args != undo_args]
 
     def undo(self) -> None:
         """Walk back every recorded change, newest first; a failure is logged, not raised."""

@@ -106,10 +106,17 @@ class TcpTransport:
 
     # --- client side ----------------------------------------------------------
 
+    def set_remote(self, remote) -> None:
+        """A reload moved the peer: drop the connection; the loop dials the new address."""
+        from dataclasses import replace
+        self.cfg = replace(self.cfg, remote=remote)
+        if self.conn is not None:
+            self._lose(self.conn, f"peer endpoint changed to {remote}")
+
     async def _connect_loop(self) -> None:
-        ep = self.cfg.remote
         wait = RECONNECT_INITIAL
         while not self._closed:
+            ep = self.cfg.remote
             sock = None
             try:
                 family, addr = await netaddr.resolve(ep, self.family, socket.SOCK_STREAM)

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunneld.counters import Counters
 from tunneld.limits import ETHERNET_HEADER
+from tunneld.mss import clamp as clamp_mss
 
 Address = Any  # a socket address tuple as the transport reports it
 
@@ -23,19 +24,23 @@ LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per int
 
 class Tunnel:
     def __init__(self, session, mode: str, max_packet: int, *,
-                 endpoint: Address | None = None, pinned: bool = False, allowed_ips=None):
+                 endpoint: Address | None = None, pinned: bool = False, allowed_ips=None,
+                 clamp: tuple[int, int] | None = None):
         """`endpoint`: the peer to send to, if known in advance. `pinned`: accept
         nothing from any other address (plaintext UDP with a configured remote,
         like OpenVPN without --float); otherwise follow the source of every message
         the session accepts. `allowed_ips`: networks a TUN packet's inner source
-        must be in (None: any)."""
+        must be in (None: any). `clamp`: (IPv4, IPv6) MSS limits for TCP SYNs
+        crossing the tunnel either way (None: leave them alone)."""
         self.session = session
         self.mode = mode
         self.max_packet = max_packet
         self.min_packet = ETHERNET_HEADER if mode == "tap" else 1
         self.endpoint = endpoint
         self.pinned = pinned
-        self.allowed = _allowed_table(allowed_ips) if allowed_ips is not None and mode == "tun" else None
+        self.allowed = None
+        self.set_allowed(allowed_ips)
+        self.clamp = clamp
         self.counters = Counters()
         self.datagrams: list[tuple[bytes | memoryview, Address]] = []
         self.packets: list[bytes | memoryview] = []
@@ -51,6 +56,8 @@ class Tunnel:
         if self.endpoint is None:
             self.counters.tx.drops += 1  # no peer to send to yet
             return
+        if self.clamp is not None:
+            packet = clamp_mss(packet, *self.clamp)
         message = self.session.seal(packet, now)
         if self.session.control:
             self._take_control()
@@ -94,11 +101,23 @@ class Tunnel:
                 rx.drops += 1
                 self.note(now, "allowed-ips", "warning", f"dropped a packet from {_fmt(addr)}: inner source outside allowed_ips")
                 return
+            if self.clamp is not None:
+                packet = clamp_mss(packet, *self.clamp)
         elif not self.min_packet <= n <= self.max_packet:
             rx.errors += 1
             self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
             return
         self.packets.append(packet)
+
+    # --- live changes (reload) ------------------------------------------------
+
+    def set_allowed(self, networks) -> None:
+        self.allowed = _allowed_table(networks) if networks is not None and self.mode == "tun" else None
+
+    def replace_session(self, session) -> None:
+        """New keys: the old session's keypairs go with it; the next packet handshakes."""
+        session.bind(self.counters, self.events, self.note)
+        self.session = session
 
     # --- timers --------------------------------------------------------------
 

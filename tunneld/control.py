@@ -1,0 +1,106 @@
+"""The control socket: /run/tunneld/NAME.sock (owner-only), and `tunneld status`.
+
+A client connects, sends one line ("status"), and reads one JSON document.
+Not on the packet path: asyncio streams are fine here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from typing import Callable
+
+log = logging.getLogger("tunneld")
+DEFAULT_DIR = "/run/tunneld"
+
+
+def runtime_dir() -> str:
+    """systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY; otherwise /run/tunneld."""
+    return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or DEFAULT_DIR
+
+
+def socket_path(name: str, directory: str | None = None) -> str:
+    return os.path.join(directory or runtime_dir(), f"{name}.sock")
+
+
+class ControlServer:
+    def __init__(self, path: str, snapshot: Callable[[], dict]):
+        self.path, self.snapshot = path, snapshot
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+        if os.path.exists(self.path):
+            if _alive(self.path):
+                from tunneld.errors import StartupError
+                raise StartupError(f"control socket {self.path} is in use: is this tunnel already running?")
+            os.unlink(self.path)  # left by a daemon that died
+        old = os.umask(0o177)  # owner-only from the first moment
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        finally:
+            os.umask(old)
+
+    def chown(self, uid: int, gid: int) -> None:
+        os.chown(self.path, uid, gid)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 5)).strip()
+            if line == b"status":
+                writer.write(json.dumps(self.snapshot()).encode() + b"\n")
+            else:
+                writer.write(json.dumps({"error": f"unknown request {line[:40]!r}"}).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass  # after a privilege drop the directory may not be ours; systemd removes it
+
+
+def _alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def query(path: str, timeout: float = 5.0) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(b"status\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def format_status(st: dict) -> str:
+    peer = st.get("peer") or "none yet"
+    hs = st.get("last_handshake_seconds_ago")
+    lines = [
+        f"{st['name']}: {st['interface']} ({st['mode']}, mtu {st['mtu']}), {st['transport']}, {st['encryption']}",
+        f"  peer: {peer}",
+        f"  latest handshake: {'never' if hs is None else f'{hs:.0f} s ago'}" if st["encryption"] != "plaintext" else "",
+        f"  rx: {st['rx']['packets']} packets, {st['rx']['bytes']} bytes, {st['rx']['drops']} drops, {st['rx']['errors']} errors",
+        f"  tx: {st['tx']['packets']} packets, {st['tx']['bytes']} bytes, {st['tx']['drops']} drops, {st['tx']['errors']} errors",
+        f"  authentication failures: {st['auth_failures']}, reconnects: {st['reconnects']}, handshakes: {st['handshakes']}",
+        f"  uptime: {st['uptime_seconds']:.0f} s, pid {st['pid']}",
+    ]
+    return "\n".join(line for line in lines if line)
