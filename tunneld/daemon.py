@@ -189,11 +189,11 @@ class Daemon:
 
     def status_line(self) -> str:
         st = self.snapshot()
-        peer = st["peer"] or "no peer yet"
+        peer = f"peer {st['peer']}" if st["peer"] else "no peer yet"
         if st["encryption"] == "plaintext":
-            return f"{st['interface']} up, peer {peer} (plaintext)"
+            return f"{st['interface']} up, {peer} (plaintext)"
         hs = st["last_handshake_seconds_ago"]
-        return f"{st['interface']} up, peer {peer}, " + ("no handshake yet" if hs is None else f"handshake {hs:.0f} s ago")
+        return f"{st['interface']} up, {peer}, " + ("no handshake yet" if hs is None else f"handshake {hs:.0f} s ago")
 
     def snapshot(self) -> dict:
         cfg, core = self.cfg, self.core
