@@ -84,6 +84,8 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
         self._files: list = []
         self._n = 0
+        self.unmounts: list[Path] = []
+        self.containers: list = []
 
     def name(self, prefix: str) -> str:
         """A name unique to this run, short enough for an interface (15 bytes)."""
