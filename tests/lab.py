@@ -51,9 +51,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 class Daemon:
     """One tunneld process in a namespace; its stderr goes to a file."""
 
-    def __init__(self, lab: "Lab", ns: str, config: Path, log: Path):
+    def __init__(self, lab: "Lab", ns: str, config: Path, log: Path, env: dict | None = None,
+                 command: list[str] | None = None):
         self.lab, self.ns, self.config, self.log_path = lab, ns, config, log
-        self.proc = lab.spawn(ns, sys.executable, "-m", "tunneld", "--config", str(config), stderr=log)
+        cmd = command or [sys.executable, "-m", "tunneld"]
+        self.proc = lab.spawn(ns, *cmd, "--config", str(config), stderr=log, env=env)
 
     @property
     def log(self) -> str:
@@ -68,7 +70,10 @@ class Daemon:
         return self
 
     def wait_log(self, text: str, timeout: float = 15) -> None:
-        wait_for(lambda: text in self.log, timeout, what=f"{text!r} in the log of tunneld in {self.ns}:\n{self.log}")
+        try:
+            wait_for(lambda: text in self.log, timeout, what=f"{text!r} in the log of tunneld in {self.ns}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the log now:\n{self.log}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
@@ -109,12 +114,14 @@ class Lab:
     def ip(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(None, "ip", "-n", ns, *args, check=check)
 
-    def spawn(self, ns: str | None, *cmd: str, stderr: Path | None = None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    def spawn(self, ns: str | None, *cmd: str, stderr: Path | None = None, stdout=subprocess.DEVNULL,
+              env: dict | None = None) -> subprocess.Popen:
         full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
         err = open(stderr, "wb") if stderr else subprocess.DEVNULL
         if stderr:
             self._files.append(err)
-        p = subprocess.Popen(full, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(full, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "RUNTIME_DIRECTORY": str(self.tmp / "run"), **(env or {})})
         self.procs.append(p)
         return p
 
@@ -158,9 +165,9 @@ class Lab:
         """tcpdump in `ns` on `dev`, writing a pcap file; stop() returns the UDP payloads seen."""
         return Capture(self, ns, dev, bpf)
 
-    def daemon(self, ns: str, text: str) -> Daemon:
+    def daemon(self, ns: str, text: str, env: dict | None = None, command: list[str] | None = None) -> Daemon:
         cfg = self.config(text)
-        return Daemon(self, ns, cfg, cfg.with_suffix(".log"))
+        return Daemon(self, ns, cfg, cfg.with_suffix(".log"), env=env, command=command)
 
     def ping(self, ns: str, addr: str, count: int = 3, check: bool = True, size: int | None = None) -> subprocess.CompletedProcess:
         cmd = ["ping", "-c", str(count), "-i", "0.2", "-W", "2", addr]

@@ -66,6 +66,7 @@ async def tcp_pair(h):
                                 ups.append, lambda: None, lambda t, k="": h.errors.append(t))
     a = await TcpTransport.open(TransportConfig("tcp", None, Endpoint("127.0.0.1", port)), MAX, h.on_a,
                                 ups.append, lambda: None, lambda t, k="": h.errors.append(t))
+    a.start_connecting()
     for _ in range(500):
         if len(ups) == 2:
             break

@@ -39,7 +39,7 @@ def site(name: str, me: int, proto: str, *, listen: bool, remote: bool, extra: s
     if remote:
         lines.append(f'  remote: "10.77.0.{peer}:55555"')
     lines += [encryption, "log_level: debug", ""]
-    return "\n".join(line for line in lines if line)
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 @pytest.fixture

@@ -120,6 +120,8 @@ class Daemon:
                          "keeping CAP_NET_ADMIN" if self.can_net_admin else "with no capabilities")
 
             log.info("%s: up, %s over %s", device.name, icfg.mode, tcfg.protocol)
+            if tcfg.protocol == "tcp":
+                self.transport.start_connecting()
             relay.start()
             self.notifier.ready(self.status_line())
             self._tick_watchdog()

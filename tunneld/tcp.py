@@ -66,8 +66,13 @@ class TcpTransport:
             self._listen()
         else:
             await netaddr.resolve(cfg.remote, self.family, socket.SOCK_STREAM)  # fail fast on a bad name
-            self._task = asyncio.create_task(self._connect_loop(), name="tcp-connect")
         return self
+
+    def start_connecting(self) -> None:
+        """A client starts dialling: called once start-up is done (after any privilege
+        drop, so no lookup is in flight in another thread when the uid changes)."""
+        if self.cfg.remote is not None and self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._connect_loop(), name="tcp-connect")
 
     # --- server side ----------------------------------------------------------
 
