@@ -366,3 +366,27 @@ def test_mss_clamped_across_a_1280_mtu_tunnel(lab):
     assert len(mss) >= 2, text  # the SYN arriving at hostB and its SYN-ACK leaving
     syn_in = [int(m) for m in re.findall(r"192\.168\.10\.2\.\d+ > 192\.168\.20\.2\.\d+: Flags \[S\].*?mss (\d+)", text, re.S)]
     assert syn_in and syn_in[0] == 1240, text  # hostA offered 1460; the tunnel made it fit
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_reload_moves_the_peer_endpoint_and_more(lab, sites, proto):
+    """A side pointed at the wrong address is moved to the right one by a reload;
+    keepalive, allowed IPs and log level change live too."""
+    a, b = sites
+    enc = keyed(lab)
+    listen = proto == "udp"
+    wrong = site(lab.name("tdt"), 1, proto, listen=listen, remote=True, encryption=enc[0]).replace("10.77.0.2:55555", "10.77.0.2:4444")
+    da = lab.daemon(a, wrong).wait_up()
+    lab.daemon(b, site(lab.name("tdt"), 2, proto, listen=True, remote=False, encryption=enc[1])).wait_up()
+    assert lab.ping(a, "10.9.0.2", count=2, check=False).returncode != 0
+    fixed = wrong.replace("10.77.0.2:4444", "10.77.0.2:55555").replace("log_level: debug", "log_level: info")
+    fixed = fixed.replace(f"  protocol: {proto}\n", f"  protocol: {proto}\n  keepalive: 5\n")
+    fixed = fixed.replace(enc[0], enc[0] + "\n  allowed_ips: [10.9.0.2/32]")
+    da.config.write_text(fixed)
+    da.proc.send_signal(signal.SIGHUP)
+    da.wait_log("reloaded")
+    line = da.log.split("reloaded", 1)[1].splitlines()[0]
+    for what in ("log_level info", "peer endpoint 10.77.0.2:55555", "keepalive", "allowed_ips"):
+        assert what in line, line
+    lab.wait_ping(a, "10.9.0.2")
+    assert status(lab, da.config.stem)["peer"].startswith("10.77.0.2:")
