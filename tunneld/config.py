@@ -301,7 +301,7 @@ class _Reader:
         if "metrics" in top:
             m = self.mapping(top["metrics"], "metrics", {"listen"}, {"listen"})
             metrics = self.endpoint(m["listen"], "metrics.listen")
-            if not _is_ip(metrics.host):
+            if not is_ip(metrics.host):
                 raise self.error("metrics.listen", f"expected an IP address to bind, got {metrics.host!r}")
         cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics)
         if encryption is not None and self.read_secret is not None:
@@ -485,7 +485,7 @@ class _Reader:
             lv6, rv6 = _is_v6(listen.host), _is_v6(remote.host)
             if lv6 is False and rv6 is True:
                 raise self.error("transport.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
-        if listen is not None and not _is_ip(listen.host):
+        if listen is not None and not is_ip(listen.host):
             raise self.error("transport.listen", f"expected an IP address to bind, got {listen.host!r}")
         keepalive = None
         if "keepalive" in m:
@@ -495,7 +495,8 @@ class _Reader:
         return TransportConfig(protocol, listen, remote, keepalive)
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """An IP address literal (not a host name)."""
     try:
         ipaddress.ip_address(host)
         return True

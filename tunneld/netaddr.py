@@ -10,7 +10,7 @@ import ipaddress
 import os
 import socket
 
-from tunneld.config import Endpoint
+from tunneld.config import Endpoint, is_ip
 from tunneld.errors import StartupError
 from tunneld.limits import SOCKET_BUFFER
 
@@ -37,7 +37,7 @@ async def resolve(ep: Endpoint, family: int, kind: int) -> tuple[int, tuple]:
     """(family, sockaddr) for an endpoint; an IPv4 peer on an IPv6 socket is v4-mapped."""
     flags = socket.AI_V4MAPPED if family == socket.AF_INET6 else 0
     try:
-        if _is_literal(ep.host):  # no lookup to wait for: answer inline, no thread
+        if is_ip(ep.host):  # no lookup to wait for: answer inline, no thread
             infos = socket.getaddrinfo(ep.host, ep.port, family, kind, 0, flags | socket.AI_NUMERICHOST)
         else:
             infos = await asyncio.get_running_loop().getaddrinfo(ep.host, ep.port, family=family, type=kind, flags=flags)
@@ -47,14 +47,6 @@ async def resolve(ep: Endpoint, family: int, kind: int) -> tuple[int, tuple]:
         raise StartupError(f"cannot resolve {ep}: no address")
     fam, _, _, _, sockaddr = infos[0]
     return fam, sockaddr
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def bind_address(ep: Endpoint, family: int) -> tuple:

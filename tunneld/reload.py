@@ -19,6 +19,15 @@ def _diff(old, new, fields: list[str], prefix: str) -> list[str]:
     return [f"{prefix}.{f}" for f in fields if getattr(old, f) != getattr(new, f)]
 
 
+def _sync(old, new, add, remove) -> bool:
+    """Remove what went, add what came; whether anything changed."""
+    for item in [x for x in old if x not in new]:
+        remove(item)
+    for item in [x for x in new if x not in old]:
+        add(item)
+    return old != new
+
+
 def restart_needed(old, new) -> str | None:
     """Why the new config cannot be applied live, or None."""
     keys = _diff(old.interface, new.interface, ["name", "mode", "mtu", "mac", "bridge", "persistent", "clamp_mss"], "interface")
@@ -47,17 +56,9 @@ async def apply_reload(daemon, new) -> list[str]:
         logging.getLogger("tunneld").setLevel(new.log_level.upper())
         changed.append(f"log_level {new.log_level}")
     link = daemon.link
-    for addr in [a for a in io.addresses if a not in in_.addresses]:
-        link.del_address(addr)
-    for addr in [a for a in in_.addresses if a not in io.addresses]:
-        link.add_address(addr)
-    if io.addresses != in_.addresses:
+    if _sync(io.addresses, in_.addresses, link.add_address, link.del_address):
         changed.append("addresses")
-    for net in [r for r in io.routes if r not in in_.routes]:
-        link.del_route(net)
-    for net in [r for r in in_.routes if r not in io.routes]:
-        link.add_route(net)
-    if io.routes != in_.routes:
+    if _sync(io.routes, in_.routes, link.add_route, link.del_route):
         changed.append("routes")
 
     if new.transport.remote != old.transport.remote:
