@@ -69,3 +69,17 @@ def test_usage_errors_exit_2():
     assert p.returncode == 2
     assert "--config FILE is required" in p.stderr
     assert tunneld("check").returncode == 2
+
+
+def test_status_of_stopped_instances(tmp_path):
+    import socket as _socket
+    env = {**__import__("os").environ, "RUNTIME_DIRECTORY": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "tunneld", "status", "paris"], capture_output=True, text=True, env=env)
+    assert p.returncode == 3 and p.stderr == "tunneld status: paris: not running\n"
+    stale = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "london.sock"))  # bound, never listening: what a stopped daemon leaves
+    stale.close()
+    p = subprocess.run([sys.executable, "-m", "tunneld", "status"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and p.stdout == "london: not running\n"
+    p = subprocess.run([sys.executable, "-m", "tunneld", "status", "london"], capture_output=True, text=True, env=env)
+    assert p.returncode == 3 and p.stderr == "tunneld status: london: not running\n"

@@ -60,18 +60,24 @@ def _status(name: str | None, as_json: bool) -> int:
             return 3
     results, code = [], 0
     for path in paths:
+        instance = os.path.basename(path)[:-len(".sock")]
         try:
             results.append(control.query(path))
-        except FileNotFoundError:
-            print(f"tunneld status: {name or path}: not running (no {path})", file=sys.stderr)
-            code = 3
+        except (FileNotFoundError, ConnectionRefusedError):
+            # no socket, or one left by a stopped daemon that had dropped root
+            if name:
+                print(f"tunneld status: {instance}: not running", file=sys.stderr)
+                code = 3
+            elif not as_json:
+                results.append({"name": instance, "running": False})
         except OSError as e:
             print(f"tunneld status: {path}: {e.strerror or e}", file=sys.stderr)
             code = 3
     if as_json:
         print(json.dumps(results[0] if name and results else results, indent=2))
     else:
-        print("\n".join(control.format_status(r) for r in results))
+        print("\n".join(f"{r['name']}: not running" if r.get("running") is False else control.format_status(r)
+                        for r in results))
     return code
 
 
