@@ -59,7 +59,7 @@ tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for size in (1, 100, MTU - 28):
     payload = bytes([size % 251]) * size
     tx.sendto(payload, ("10.66.0.2", 9999))
-    pkt = read_matching(dev, lambda p: p.endswith(payload) and len(p) == hdr + 28 + size)
+    pkt = read_matching(dev, lambda p, payload=payload, size=size: p.endswith(payload) and len(p) == hdr + 28 + size)
     ipkt = pkt[hdr:]
     check(ipkt[0] >> 4 == 4 and ipkt[16:20] == socket.inet_aton("10.66.0.2"), "an IPv4 packet to 10.66.0.2")
     if mode == "tap":
