@@ -21,6 +21,7 @@ from tunneld import control, hooks, mss, privileges
 from tunneld.config import Config
 from tunneld.device import TunTap
 from tunneld.errors import StartupError
+from tunneld.io import format_address
 from tunneld.metrics import MetricsServer
 from tunneld.netconf import LinkSetup
 from tunneld.relay import Relay
@@ -276,5 +277,4 @@ def make_session(cfg: Config, previous=None):
 def _peer(core: Tunnel | None) -> str | None:
     if core is None or core.endpoint is None:
         return None
-    from tunneld.tunnel import _fmt
-    return _fmt(core.endpoint)
+    return format_address(core.endpoint)

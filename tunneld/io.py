@@ -8,8 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-Address = Any
+Address = Any  # a socket address tuple as the transport reports it, or a fake's label
 OnMessage = Callable[[bytes | memoryview, Address], None]
+
+
+def format_address(addr: Address) -> str:
+    """host:port, [v6]:port, a v4-mapped address as plain IPv4; "nobody" for None."""
+    if addr is None:
+        return "nobody"
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)
 
 
 class Device(Protocol):

@@ -80,12 +80,6 @@ def size_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
-def fmt(addr) -> str:
-    host, port = addr[0], addr[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 def reason(e: BaseException) -> str:
     """An OS error in the kernel's words ("connection refused"), whatever wrapped it."""

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Callable
 
-from tunneld.io import Address, Device, Transport
+from tunneld.io import Address, Device, Transport, format_address
 from tunneld.tunnel import Tunnel
 
 log = logging.getLogger("tunneld")
@@ -136,7 +136,7 @@ class Relay:
                     tx.drops += 1
             except OSError as e:
                 tx.errors += 1
-                core.note(now, "send", "warning", f"send to {addr} failed: {e.strerror}")
+                core.note(now, "send", "warning", f"send to {format_address(addr)} failed: {e.strerror}")
         core.datagrams.clear()
 
     def _deliver(self, now: float) -> None:

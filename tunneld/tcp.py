@@ -21,7 +21,7 @@ from tunneld import framing, netaddr
 from tunneld.config import TransportConfig
 from tunneld.errors import StartupError
 from tunneld.framing import FrameDecoder, FramingError
-from tunneld.io import Address, OnMessage
+from tunneld.io import Address, OnMessage, format_address
 from tunneld.limits import (CONNECT_TIMEOUT, RECONNECT_INITIAL, RECONNECT_MAX,
                             TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES)
 
@@ -90,7 +90,7 @@ class TcpTransport:
             raise netaddr.bind_error("tcp", ep, e) from None
         self.listener = sock
         self._loop.add_reader(sock.fileno(), self._acceptable)
-        log.info("tcp: listening on %s", netaddr.fmt(sock.getsockname()))
+        log.info("tcp: listening on %s", format_address(sock.getsockname()))
 
     def _acceptable(self) -> None:
         while True:
@@ -103,10 +103,10 @@ class TcpTransport:
                 return
             old = self.conn
             if old is not None:
-                log.info("tcp: %s replaces %s", netaddr.fmt(addr), netaddr.fmt(old.addr))
+                log.info("tcp: %s replaces %s", format_address(addr), format_address(old.addr))
                 self._close_conn(old)
             else:
-                log.info("tcp: accepted %s", netaddr.fmt(addr))
+                log.info("tcp: accepted %s", format_address(addr))
             self._attach(sock, addr)
 
     # --- client side ----------------------------------------------------------
@@ -183,7 +183,7 @@ class TcpTransport:
                 frames = conn.decoder.feed(view[:n])
             except FramingError as e:
                 # one line per connection: as many as the accepts, which are logged too
-                self.on_error(f"tcp: {netaddr.fmt(conn.addr)} sent a bad frame ({e}); closing that connection")
+                self.on_error(f"tcp: {format_address(conn.addr)} sent a bad frame ({e}); closing that connection")
                 self._lose(conn, f"bad frame: {e.kind}", quiet=True)
                 return
             for frame in frames:
@@ -238,7 +238,7 @@ class TcpTransport:
         if self.conn is conn:
             self._close_conn(conn)
             if self.listener is not None and not quiet:
-                log.warning("tcp: connection from %s lost (%s)", netaddr.fmt(conn.addr), why)
+                log.warning("tcp: connection from %s lost (%s)", format_address(conn.addr), why)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(why)
 

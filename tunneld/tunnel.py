@@ -11,13 +11,11 @@ No I/O and no clock: every entry point takes `now`; outputs are appended to
 
 from __future__ import annotations
 
-from typing import Any
-
 from tunneld.counters import Counters
+from tunneld.io import Address
+from tunneld.io import format_address as _fmt
 from tunneld.limits import ETHERNET_HEADER
 from tunneld.mss import clamp as clamp_mss
-
-Address = Any  # a socket address tuple as the transport reports it
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
 
@@ -191,13 +189,3 @@ def _allowed(table: dict[int, list[tuple[int, int]]], src: bytes | memoryview) -
     addr = int.from_bytes(src, "big")
     return any(addr & mask == net for net, mask in table[len(src)])
 
-
-def _fmt(addr: Address) -> str:
-    if addr is None:
-        return "nobody"
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = addr[0]
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)

@@ -12,7 +12,7 @@ import socket
 
 from tunneld import netaddr
 from tunneld.config import TransportConfig
-from tunneld.io import Address, OnMessage
+from tunneld.io import Address, OnMessage, format_address
 
 log = logging.getLogger("tunneld")
 DRAIN_BURST = 256  # datagrams per callback; the loop calls again while more wait
@@ -55,8 +55,8 @@ class UdpTransport:
             raise
         self = cls(sock, on_message, max_message, on_error)
         self.start(asyncio.get_running_loop())
-        where = netaddr.fmt(sock.getsockname())
-        log.info("udp: listening on %s%s", where, f", peer {netaddr.fmt(remote)}" if remote else ", peer learned from the first packet")
+        where = format_address(sock.getsockname())
+        log.info("udp: listening on %s%s", where, f", peer {format_address(remote)}" if remote else ", peer learned from the first packet")
         return self, remote
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -75,7 +75,7 @@ class UdpTransport:
                 self.on_error(f"udp: receive failed: {netaddr.reason(e)}", "udp-receive")
                 return
             if n > limit:
-                self.on_error(f"udp: dropped an oversize datagram from {netaddr.fmt(addr)} (over {limit} bytes)", "udp-oversize")
+                self.on_error(f"udp: dropped an oversize datagram from {format_address(addr)} (over {limit} bytes)", "udp-oversize")
                 continue
             deliver(view[:n], addr)
 

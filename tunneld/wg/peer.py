@@ -20,8 +20,11 @@ from __future__ import annotations
 import collections
 import ipaddress
 import os
-from typing import Any, Callable
+import random
+from typing import Callable
 
+from tunneld.io import Address
+from tunneld.io import format_address as _fmt
 from tunneld.wg import messages
 from tunneld.wg.constants import (IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
                                   MESSAGE_RESPONSE, MESSAGE_TRANSPORT, PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
@@ -34,7 +37,6 @@ from tunneld.wg.noise import Handshake, HandshakeError
 from tunneld.wg.primitives import AEAD, InvalidTag
 from tunneld.wg.replay import ReplayWindow
 
-Address = Any
 MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18 retries, then give up
 INITIATIONS_PER_SECOND = 50  # a peer's initiations closer together than 20 ms are a flood
 _KIND = {MESSAGE_INITIATION: "handshake initiation", MESSAGE_RESPONSE: "handshake response",
@@ -77,6 +79,9 @@ class WireGuardSession:
         self.persistent_keepalive = persistent_keepalive
         self.wall_offset = wall_offset  # wall-clock time = now + wall_offset (TAI64N only)
         self.rng = rng
+        # retry jitter needs no secrecy (wireguard-go: fastrandn); a seeded PRNG keeps
+        # the per-packet re-arming of the new-handshake timer free of system calls
+        self._jitter_rng = random.Random(int.from_bytes(rng(8), "little"))
         self.under_load_rate = under_load_rate
 
         self.current: Keypair | None = None
@@ -146,11 +151,8 @@ class WireGuardSession:
         counter = kp.send_counter
         kp.send_counter = counter + 1
         message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
-        # timers: any authenticated packet sent / traversal / data sent
-        self.t_keepalive = None
-        if self.persistent_keepalive:
-            self.t_persistent = now + self.persistent_keepalive
-        if n and self.t_new_handshake is None:
+        self._authenticated_sent(now)
+        if n and self.t_new_handshake is None:  # data sent: expect an answer
             self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         # keep the key fresh: the initiator of a keypair rekeys it after 120 s or 2^60 messages
         if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter >= REKEY_AFTER_MESSAGES:
@@ -165,9 +167,7 @@ class WireGuardSession:
         self.last_handshake_sent = now
         body = self.handshake.create_initiation(now + self.wall_offset, self._new_index())
         self.control.append((self.cookie_generator.add_macs(body, now), None))
-        self.t_keepalive = None
-        if self.persistent_keepalive:
-            self.t_persistent = now + self.persistent_keepalive
+        self._authenticated_sent(now)
         self.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
 
     def _send_keepalive(self, now: float) -> None:
@@ -224,8 +224,7 @@ class WireGuardSession:
             self._auth_failed(now, addr, str(e))
             return
         self.last_initiation_consumed = now
-        header = messages.HEADER_RESPONSE
-        body = self.handshake.create_response(self._new_index(), header)
+        body = self.handshake.create_response(self._new_index())
         response = self.cookie_generator.add_macs(body, now)
         hs = self.handshake
         local, remote = hs.local_index, hs.remote_index
@@ -235,9 +234,7 @@ class WireGuardSession:
         self.control.append((response, addr))
         self.last_handshake_sent = now
         self.accepted_from = addr
-        self.t_keepalive = None
-        if self.persistent_keepalive:
-            self.t_persistent = now + self.persistent_keepalive
+        self._authenticated_sent(now)
         self.t_zero_keys = now + ZERO_KEYS_AFTER
         self.events.append(("debug", f"handshake: answered an initiation from {_fmt(addr)}"))
 
@@ -259,9 +256,7 @@ class WireGuardSession:
         self.accepted_from = addr
         self.t_zero_keys = now + ZERO_KEYS_AFTER
         self._handshake_complete(now, addr, "we initiated")
-        self.t_new_handshake = None
-        if self.persistent_keepalive:
-            self.t_persistent = now + self.persistent_keepalive
+        self._authenticated_received(now)
         if self.staged:
             self._send_staged(now)
         else:
@@ -306,11 +301,8 @@ class WireGuardSession:
               and now - kp.created >= REKEY_ON_RECEIVE_AGE):
             self.sent_last_minute_handshake = True
             self._initiate(now, retry=False)
-        # timers: any authenticated packet received / traversal / data received
-        self.t_new_handshake = None
-        if self.persistent_keepalive:
-            self.t_persistent = now + self.persistent_keepalive
-        if plaintext:
+        self._authenticated_received(now)
+        if plaintext:  # data received: answer it within KEEPALIVE_TIMEOUT
             if self.t_keepalive is None:
                 self.t_keepalive = now + KEEPALIVE_TIMEOUT
             else:
@@ -333,10 +325,25 @@ class WireGuardSession:
 
     # --- timers ----------------------------------------------------------------
 
+    def _authenticated_sent(self, now: float) -> None:
+        """timers.go: any authenticated packet sent (no keepalive owed) and traversal."""
+        self.t_keepalive = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+
+    def _authenticated_received(self, now: float) -> None:
+        """timers.go: any authenticated packet received (the peer is alive) and traversal."""
+        self.t_new_handshake = None
+        if self.persistent_keepalive:
+            self.t_persistent = now + self.persistent_keepalive
+
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.t_retransmit, self.t_keepalive, self.t_new_handshake,
-                          self.t_zero_keys, self.t_persistent) if d is not None]
-        return min(ds) if ds else None
+        """Called after every packet: no allocation, just the earliest armed timer."""
+        best = None
+        for d in (self.t_retransmit, self.t_keepalive, self.t_new_handshake, self.t_zero_keys, self.t_persistent):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def on_timer(self, now: float) -> None:
         if self.t_retransmit is not None and now >= self.t_retransmit:
@@ -383,7 +390,7 @@ class WireGuardSession:
     # --- helpers ----------------------------------------------------------------
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.rng(2), "little") % int(REKEY_TIMEOUT_JITTER_MAX * 1000) / 1000
+        return self._jitter_rng.randrange(int(REKEY_TIMEOUT_JITTER_MAX * 1000)) / 1000
 
     def _new_index(self) -> int:
         taken = {kp.local_index for kp in (self.current, self.previous, self.next) if kp is not None}
@@ -400,9 +407,3 @@ def _source(addr: Address) -> bytes:
     except (ValueError, TypeError, IndexError):
         return repr(addr).encode()
 
-
-def _fmt(addr: Address) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0]).removeprefix("::ffff:") if "." in str(addr[0]) else str(addr[0])
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)
