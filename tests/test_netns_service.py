@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import socket
 import subprocess
 import sys
@@ -247,7 +248,15 @@ def test_mktun_then_a_non_root_tunneld_attaches(lab, sites, tmp_path):
     cfg.chmod(0o644)
     lab.daemon(b, site(lab.name("tdt"), 2, "udp", listen=True, remote=False)).wait_up()
     log = Path(tempfile_dir(lab)) / "nobody.log"
-    proc = lab.spawn(a, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+    # Debian's udev makes /dev/net/tun 0666 (the device's owner check is what guards it);
+    # some machines leave it 0600. The test sees 0666 in a mount namespace of its own,
+    # through a node of its own, whatever the host has.
+    node = Path(tempfile_dir(lab)) / "tun"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+    node.chmod(0o666)
+    proc = lab.spawn(a, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     f'mount --bind "{node}" /dev/net/tun && exec "$0" "$@"',
+                     "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
                      str(venv / "bin/tunneld"), "--config", str(cfg), stderr=log,
                      env={"RUNTIME_DIRECTORY": tempfile_dir(lab)})
     wait_for(lambda: ": up, " in log.read_text() or proc.poll() is not None, 20, what="the non-root tunneld")

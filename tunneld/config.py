@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import ipaddress
 import os
 import re
@@ -132,12 +133,40 @@ INITIATION_SIZE = 148  # bytes: the largest handshake message
 KEY_BYTES = 32
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a megabyte is plenty
+MAX_KEY_FILE_BYTES = 4096  # a base64 key is 44 characters and a newline
+MAX_YAML_DEPTH = 32  # nesting levels; ours use three
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. Never blocks (a FIFO
+    is refused, not opened for reading until a writer comes) and never reads past
+    the limit (/dev/zero is refused, not read until memory runs out)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(fd, limit + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew while we read
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load(path: str) -> Config:
     """Read and parse a config file and the key files it names; an unreadable
     file, or a key file others can read, is a ConfigError too."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
     except OSError as e:
         raise ConfigError(path, 0, "", f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -160,11 +189,11 @@ class SecretFileError(Exception):
 def _read_secret(path: str) -> str:
     """A key file's text, refused when group or others may read it (like ssh and wg-quick)."""
     try:
-        st = os.stat(path)
-        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        data = read_bounded(path, MAX_KEY_FILE_BYTES)
+        # checked on the path after the read: the mode is the file's, whatever opened it
+        if os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
             raise SecretFileError(f"{path} is readable by group or others (chmod 600 {path})")
-        with open(path, encoding="ascii") as f:
-            return f.read()
+        return data.decode("ascii")
     except OSError as e:
         raise SecretFileError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -183,9 +212,36 @@ def decode_key(text: str) -> bytes | None:
 # --- YAML with line numbers ------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """safe_load without anchors and aliases (a billion-laughs file, or `a: &x [*x]`,
+    would cost memory or recursion), and with a nesting limit (a deep file would
+    exhaust the composer's recursion). Neither is ever needed in a config."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(event.start_mark.line + 1, "YAML anchors and aliases (&name, *name) are not supported")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(event.start_mark.line + 1, f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    def __init__(self, line: int, message: str):
+        self.line, self.message = line, message
+
+
 def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
     """safe_load, plus the line of every key path, and duplicate keys refused."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # a control character: YAML allows printable text only
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(source, line, "", f"invalid YAML: control character {e.character!r} is not allowed") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -193,6 +249,8 @@ def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
         lines: dict[str, int] = {}
         _record_lines(node, "", lines, source)
         return loader.construct_document(node), lines
+    except _Refused as e:
+        raise ConfigError(source, e.line, "", e.message) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
@@ -338,6 +396,9 @@ class _Reader:
         if peer_key is None:
             raise self.error("encryption.peer_public_key", f"expected a base64 public key of {KEY_BYTES} bytes "
                              f"(as 'wg pubkey' or 'tunneld pubkey' print), got {peer!r}")
+        if is_low_order(peer_key):
+            raise self.error("encryption.peer_public_key", f"{peer!r} is a low-order point: no shared secret "
+                             "can come of it (a broken or hostile key)")
         compatible = self.typed(m.get("wireguard_compatible", False), "encryption.wireguard_compatible", bool)
         allowed = None
         if "allowed_ips" in m:
@@ -493,6 +554,22 @@ class _Reader:
             if not 1 <= keepalive <= 65535:
                 raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {keepalive}")
         return TransportConfig(protocol, listen, remote, keepalive)
+
+
+def is_low_order(public: bytes) -> bool:
+    """Curve25519 points of small order (0, 1, the order-8 points, p-1, p, p+1 and
+    their high-bit twins) give an all-zero shared secret with every clamped private
+    key: clamping makes the scalar a multiple of the cofactor 8. One exchange with a
+    fixed key tells them apart from every usable public key."""
+    from tunneld.wg.primitives import DH, DHError
+    try:
+        DH(_PROBE_PRIVATE, public)
+    except DHError:
+        return True
+    return False
+
+
+_PROBE_PRIVATE = bytes([0x40]) + bytes(30) + bytes([0x40])  # any clamped scalar will do
 
 
 def is_ip(host: str) -> bool:

@@ -15,6 +15,9 @@ from typing import Callable
 
 log = logging.getLogger("tunneld")
 DEFAULT_DIR = "/run/tunneld"
+MAX_REQUEST = 256  # bytes: a request is one short line; a longer one is refused unread
+REQUEST_TIMEOUT = 5.0  # s a client may take to send its line
+DISCARD_CHUNKS = 64  # after an oversize request, at most this many more MAX_REQUEST reads are thrown away
 
 
 def runtime_dir() -> str:
@@ -40,7 +43,7 @@ class ControlServer:
             os.unlink(self.path)  # left by a daemon that died
         old = os.umask(0o177)  # owner-only from the first moment
         try:
-            self.server = await asyncio.start_unix_server(self._client, path=self.path)
+            self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST)
         finally:
             os.umask(old)
 
@@ -49,16 +52,31 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = (await asyncio.wait_for(reader.readline(), 5)).strip()
-            if line == b"status":
-                writer.write(json.dumps(self.snapshot()).encode() + b"\n")
-            else:
-                writer.write(json.dumps({"error": f"unknown request {line[:40]!r}"}).encode() + b"\n")
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT)
+            except (asyncio.LimitOverrunError, ValueError):
+                line = None
+            except asyncio.IncompleteReadError as e:  # no newline before the client closed
+                line = e.partial
+            writer.write(json.dumps(self.answer(line)).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+            if line is None:  # read a little of the rest, in bounded pieces, so the answer is not lost to a reset
+                writer.write_eof()
+                for _ in range(DISCARD_CHUNKS):
+                    if not await asyncio.wait_for(reader.read(MAX_REQUEST), REQUEST_TIMEOUT):
+                        break
+        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             writer.close()
+
+    def answer(self, line: bytes | None) -> dict:
+        """The reply to one request line (None: longer than MAX_REQUEST)."""
+        if line is None:
+            return {"error": f"request longer than {MAX_REQUEST} bytes"}
+        if line.strip() == b"status":
+            return self.snapshot()
+        return {"error": f"unknown request {line.strip()[:40]!r}"}
 
     def close(self) -> None:
         if self.server is not None:

@@ -25,8 +25,14 @@ _HELP = [
 ]
 
 
+def label_value(text: str) -> str:
+    """A label value as the text exposition format wants it: backslash, double quote
+    and line feed escaped (a config's name comes from its file name, which may hold any)."""
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def render(st: dict) -> str:
-    label = f'{{name="{st["name"]}",interface="{st["interface"]}"}}'
+    label = f'{{name="{label_value(st["name"])}",interface="{label_value(st["interface"])}"}}'
     out = []
     for name, kind, help_text, get in _HELP:
         value = get(st)
