@@ -98,6 +98,32 @@ def test_malformed_packets_are_dropped_and_counted():
     assert len(b.device.written) == 1
 
 
+def _ipv4_with_total_length(total: int, ihl: int = 5, size: int = 40) -> bytes:
+    p = bytearray(ipv4_udp("10.9.0.1", "10.9.0.2", 1, 2, b"x" * 12)[:size])
+    p[0] = 0x40 | ihl
+    p[2:4] = total.to_bytes(2, "big")
+    return bytes(p)
+
+
+# (IPv4 total length, IHL in words, bytes on the wire, delivered?)
+IPV4_LENGTHS = [
+    (0, 5, 40, False), (1, 5, 40, False), (19, 5, 40, False),  # shorter than any IPv4 header
+    (20, 5, 40, False),  # a bare header is fine by length, but 20 bytes of padding follow it unpadded
+    (23, 6, 40, False),  # shorter than the 24-byte header it announces
+    (40, 5, 40, True), (41, 5, 40, False),  # longer than what arrived
+    (24, 6, 24, True), (20, 5, 20, True),
+]
+
+
+def test_ipv4_total_length_table():
+    for total, ihl, size, delivered in IPV4_LENGTHS:
+        net, a, b = pair()
+        a.transport.send(_ipv4_with_total_length(total, ihl, size), B)
+        net.deliver()
+        assert (len(b.device.written) == 1) == delivered, (total, ihl, size)
+        assert b.core.counters.rx.errors == (0 if delivered else 1), (total, ihl, size)
+
+
 def test_tap_frames_need_an_ethernet_header():
     net, clock = MemoryNetwork(), FakeClock()
     a = Site(net, A, clock, endpoint=B, pinned=True, mode="tap", mtu=1500)

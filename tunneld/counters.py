@@ -26,7 +26,11 @@ class Counters:
     auth_failures: int = 0  # messages refused by mac1 or decryption
     replays: int = 0  # authentic messages refused as repeats
     cookies_sent: int = 0  # cookie replies sent while under load
+    handshakes_shed: int = 0  # handshake messages dropped unread by a rate limit or budget
+    candidates_refused: int = 0  # TCP connections closed unauthenticated (too many, too slow)
 
     def summary(self) -> str:
         return (f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes, "
-                f"{self.handshakes} handshakes, {self.auth_failures} authentication failures")
+                f"{self.handshakes} handshakes, {self.auth_failures} authentication failures, "
+                f"{self.cookies_sent} cookie replies, {self.handshakes_shed} handshake messages shed, "
+                f"{self.candidates_refused} TCP candidates refused")

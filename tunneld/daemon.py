@@ -18,7 +18,7 @@ import time
 
 from tunneld import config as configmod
 from tunneld import control, hooks, mss, privileges
-from tunneld.config import Config
+from tunneld.config import Config, is_low_order
 from tunneld.device import TunTap
 from tunneld.errors import StartupError
 from tunneld.io import format_address
@@ -218,6 +218,9 @@ class Daemon:
             "rx": vars(c.rx).copy(),
             "tx": vars(c.tx).copy(),
             "auth_failures": c.auth_failures,
+            "cookies_sent": c.cookies_sent,
+            "handshakes_shed": c.handshakes_shed,
+            "candidates_refused": c.candidates_refused,
             "handshakes": c.handshakes,
             "reconnects": c.reconnects,
             "peer_changes": c.peer_changes,
@@ -264,10 +267,12 @@ def make_session(cfg: Config, previous=None):
     mode = "WireGuard-compatible" if enc.wireguard_compatible else "tunneld mode"
     log.info("encryption: %s, public key %s, peer %s%s", mode, base64.b64encode(public_of(keys.private)).decode(),
              base64.b64encode(enc.peer_public_key).decode(), ", with preshared key" if keys.psk else "")
+    if is_low_order(enc.peer_public_key):  # config.parse refuses it; a Config built otherwise must too
+        raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it")
     session = WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
                                compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
                                persistent_keepalive=cfg.transport.keepalive,
-                               wall_offset=time.time() - time.monotonic())
+                               wall_clock=time.time)
     if previous is not None and previous.handshake.peer_public == enc.peer_public_key:
         # the same peer: its old initiations stay replays after a reload
         session.handshake.last_timestamp = previous.handshake.last_timestamp

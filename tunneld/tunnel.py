@@ -83,6 +83,8 @@ class Tunnel:
             version = packet[0] >> 4
             if version == 4 and n >= 20:
                 size = (packet[2] << 8) | packet[3]
+                if size < (packet[0] & 15) * 4 or size < 20:  # shorter than its own header
+                    size = 0
                 src = packet[12:16]
             elif version == 6 and n >= 40:
                 size = 40 + ((packet[4] << 8) | packet[5])

@@ -30,6 +30,14 @@ DEFAULT_MTU = 1420  # bytes
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 10
 UNDER_LOAD_AFTER = 1.0  # s the load state lasts after the rate was last exceeded
 
+# Global budgets under load, on top of the per-source limits of ratelimiter.py: they
+# bound the CPU a flood from many sources can take (a cookie reply costs ~20 us in
+# Python, a handshake ~300 us) and, through the burst, the work of one loop turn.
+COOKIE_REPLIES_PER_SECOND = 500
+COOKIE_REPLIES_BURST = 50
+HANDSHAKES_PER_SECOND = 100
+HANDSHAKES_BURST = 10
+
 QUEUED_PACKETS_MAX = 128  # packets held while a handshake is under way (wireguard-go: 1024 staged)
 
 # Message types

@@ -25,6 +25,11 @@ class HandshakeError(Exception):
     """A handshake message was refused; it gets no answer."""
 
 
+class StaleHandshake(HandshakeError):
+    """A handshake message for a handshake that is over or was replaced: not an
+    authentication failure, just late (wireguard-go drops it by its unknown index)."""
+
+
 class IllegalTransition(Exception):
     """A handshake step was asked for in the wrong state (a bug, not bad input)."""
 
@@ -68,6 +73,7 @@ class Handshake:
         self.local_index = 0
         self.remote_index = 0
         self.last_timestamp = bytes(TAI64N_SIZE)  # newest initiation timestamp accepted from the peer
+        self.last_sent_timestamp = bytes(TAI64N_SIZE)  # newest we sent: the next is always greater
         self.peer_header = b""  # the peer's 4-byte header of its last handshake message
         self._zero()
 
@@ -97,19 +103,32 @@ class Handshake:
         static = _seal(k, self.static_public, h)
         h = HASH(h + static)
         c, k = KDF2(c, self.ss)  # ss
-        timestamp = _seal(k, tai64n(wall), h)
+        timestamp = _seal(k, self._next_timestamp(wall), h)
         h = HASH(h + timestamp)
         self.chain, self.hash, self.ephemeral_private = c, h, eph
         self.local_index, self.remote_index = local_index, 0
         self.state = State.INITIATION_CREATED
         return header + local_index.to_bytes(4, "little") + eph_pub + static + timestamp
 
+    def _next_timestamp(self, wall: float) -> bytes:
+        """TAI64N of `wall`, but never one the peer has seen from us already: a clock
+        stepped back (NTP, a daemon started before the clock was set) must not make
+        every initiation a replay in the peer's eyes."""
+        ts = tai64n(wall)
+        if ts <= self.last_sent_timestamp:
+            seconds, nanos = int.from_bytes(self.last_sent_timestamp[:8], "big"), int.from_bytes(self.last_sent_timestamp[8:], "big") + 1
+            if nanos >= 1_000_000_000:
+                seconds, nanos = seconds + 1, 0
+            ts = seconds.to_bytes(8, "big") + nanos.to_bytes(4, "big")
+        self.last_sent_timestamp = ts
+        return ts
+
     def consume_response(self, message: bytes) -> None:
-        if self.state is not State.INITIATION_CREATED:
-            raise HandshakeError("a response with no initiation of ours pending")
         header, sender, receiver, eph_pub, empty, _, _ = messages.RESPONSE.unpack(message)
-        if receiver != self.local_index:
-            raise HandshakeError("a response to another initiation")
+        if self.state is not State.INITIATION_CREATED or receiver != self.local_index:
+            # not ours to check: an old response, or one to an initiation we replaced
+            # by answering the peer's (both sides initiated at once)
+            raise StaleHandshake("a response to no initiation of ours now pending")
         c, h = self.chain, self._bind(self.hash, header)
         try:
             c = KDF1(c, eph_pub)  # e

@@ -26,18 +26,22 @@ from typing import Callable
 from tunneld.io import Address
 from tunneld.io import format_address as _fmt
 from tunneld.wg import messages
-from tunneld.wg.constants import (IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
+from tunneld.wg.constants import (COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
+                                  HANDSHAKES_PER_SECOND, IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
                                   MESSAGE_RESPONSE, MESSAGE_TRANSPORT, PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
                                   REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
                                   REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT,
                                   REKEY_TIMEOUT_JITTER_MAX, TUNNELD_IDENTIFIER, UNDER_LOAD_AFTER,
                                   UNDER_LOAD_HANDSHAKES_PER_SECOND, ZERO_KEYS_AFTER)
 from tunneld.wg.cookie import CookieChecker, CookieGenerator
-from tunneld.wg.noise import Handshake, HandshakeError
+from tunneld.wg.noise import Handshake, HandshakeError, StaleHandshake, State
 from tunneld.wg.primitives import AEAD, InvalidTag
+from tunneld.wg.ratelimiter import RateLimiter, TokenBucket, source_key
 from tunneld.wg.replay import ReplayWindow
 
-MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18 retries, then give up
+# wireguard-go's MaxTimerHandshakes: a retry is sent while attempts <= 18, so a
+# handshake is tried 1 + 19 times (about 90 s) before it is given up
+MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
 INITIATIONS_PER_SECOND = 50  # a peer's initiations closer together than 20 ms are a flood
 _KIND = {MESSAGE_INITIATION: "handshake initiation", MESSAGE_RESPONSE: "handshake response",
          MESSAGE_COOKIE_REPLY: "cookie reply", MESSAGE_TRANSPORT: "transport message"}
@@ -67,8 +71,13 @@ class WireGuardSession:
 
     def __init__(self, *, static_private: bytes, peer_public: bytes, psk: bytes | None,
                  compatible: bool, max_packet: int, persistent_keepalive: float | None = None,
-                 wall_offset: float = 0.0, rng: Callable[[int], bytes] = os.urandom,
+                 wall_offset: float = 0.0, wall_clock: Callable[[], float] | None = None,
+                 rng: Callable[[int], bytes] = os.urandom,
                  under_load_rate: int = UNDER_LOAD_HANDSHAKES_PER_SECOND):
+        """`wall_clock`: the time of day for TAI64N timestamps, read once per
+        initiation (the one clock this module reads: a timestamp must be the
+        wall time when it is sent, and the wall clock may be stepped while we
+        run). Without it, `now + wall_offset`, for tests on a fake clock."""
         self.compatible = compatible
         self.handshake = Handshake(static_private, peer_public, psk,
                                    IDENTIFIER if compatible else TUNNELD_IDENTIFIER,
@@ -78,6 +87,7 @@ class WireGuardSession:
         self.max_packet = max_packet
         self.persistent_keepalive = persistent_keepalive
         self.wall_offset = wall_offset  # wall-clock time = now + wall_offset (TAI64N only)
+        self.wall_clock = wall_clock
         self.rng = rng
         # retry jitter needs no secrecy (wireguard-go: fastrandn); a seeded PRNG keeps
         # the per-packet re-arming of the new-handshake timer free of system calls
@@ -106,6 +116,13 @@ class WireGuardSession:
         self._load_window_start = float("-inf")
         self._load_count = 0
         self._under_load_until = float("-inf")
+        # under load: per-source limits, then global budgets (see ratelimiter.py)
+        self.limiter = RateLimiter()
+        self.cookie_budget = TokenBucket(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_BURST)
+        self.handshake_budget = TokenBucket(HANDSHAKES_PER_SECOND, HANDSHAKES_BURST)
+        self._last_addr: Address = None
+        self._last_source = b""
+        self._retried_for_cookie = False
 
         # set by bind(): the core's counters and event sinks
         self.counters = None
@@ -163,9 +180,16 @@ class WireGuardSession:
         if not retry:
             self.attempts = 0
         if now - self.last_handshake_sent < REKEY_TIMEOUT:
-            return  # at most one initiation per REKEY_TIMEOUT
+            # at most one handshake message per REKEY_TIMEOUT. wireguard-go returns
+            # here without arming the retry, so after answering the peer's initiation
+            # (crossed handshakes) nothing retried ours: retry when the gap is over
+            if self.t_retransmit is None:
+                self.t_retransmit = self.last_handshake_sent + REKEY_TIMEOUT + self._jitter()
+            return
         self.last_handshake_sent = now
-        body = self.handshake.create_initiation(now + self.wall_offset, self._new_index())
+        self._retried_for_cookie = False
+        wall = self.wall_clock() if self.wall_clock is not None else now + self.wall_offset
+        body = self.handshake.create_initiation(wall, self._new_index())
         self.control.append((self.cookie_generator.add_macs(body, now), None))
         self._authenticated_sent(now)
         self.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
@@ -187,6 +211,13 @@ class WireGuardSession:
             self.counters.rx.errors += 1
             self.note(now, "junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message")
             return None
+        source = self._source(addr)
+        under_load = now < self._under_load_until
+        # under load, a source over its rate is dropped before any hashing: a flood
+        # from one host costs a dict lookup per message, not a MAC
+        if under_load and not self.limiter.allow(source_key(source[:-2]), now):
+            self._shed(now, addr)
+            return None
         message = bytes(message)
         if kind == MESSAGE_COOKIE_REPLY:
             self._receive_cookie_reply(message, addr, now)
@@ -194,10 +225,17 @@ class WireGuardSession:
         if not self.cookie_checker.check_mac1(message):
             self._auth_failed(now, addr, f"{_KIND[kind]} with a bad mac1 (not for our public key)")
             return None
-        if self._under_load(now) and not self.cookie_checker.check_mac2(message, _source(addr), now):
-            self.control.append((self.cookie_checker.reply(message, _source(addr), now), addr))
+        under_load = self._count_load(now)
+        if under_load and not self.cookie_checker.check_mac2(message, source, now):
+            if not self.cookie_budget.take(now):
+                self._shed(now, addr)
+                return None
+            self.control.append((self.cookie_checker.reply(message, source, now), addr))
             self.counters.cookies_sent += 1
             self.note(now, "cookie", "info", f"under load: asked {_fmt(addr)} to return a cookie")
+            return None
+        if not self.handshake_budget.take(now):  # the whole daemon's handshake work, load or not
+            self._shed(now, addr)
             return None
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(message, addr, now)
@@ -205,7 +243,7 @@ class WireGuardSession:
             self._receive_response(message, addr, now)
         return None
 
-    def _under_load(self, now: float) -> bool:
+    def _count_load(self, now: float) -> bool:
         """More handshake messages per second than `under_load_rate` (after mac1)."""
         if now - self._load_window_start >= 1.0:
             self._load_window_start, self._load_count = now, 0
@@ -213,6 +251,19 @@ class WireGuardSession:
         if self._load_count > self.under_load_rate:
             self._under_load_until = now + UNDER_LOAD_AFTER
         return now < self._under_load_until
+
+    def _shed(self, now: float, addr: Address) -> None:
+        """A handshake message dropped unread by a rate limit or budget."""
+        self.counters.rx.drops += 1
+        self.counters.handshakes_shed += 1
+        self.note(now, "shed", "warning", f"under load: dropping handshake messages from {_fmt(addr)} over the rate limit")
+
+    def _source(self, addr: Address) -> bytes:
+        """The source's IP bytes and port (the cookie's input), remembered for the
+        last address: a flood comes from few."""
+        if addr != self._last_addr:
+            self._last_addr, self._last_source = addr, _source(addr)
+        return self._last_source
 
     def _receive_initiation(self, message: bytes, addr: Address, now: float) -> None:
         if now - self.last_initiation_consumed < 1 / INITIATIONS_PER_SECOND:
@@ -241,6 +292,11 @@ class WireGuardSession:
     def _receive_response(self, message: bytes, addr: Address, now: float) -> None:
         try:
             self.handshake.consume_response(message)
+        except StaleHandshake as e:
+            # both sides initiated at once and we answered theirs: late, not forged
+            self.counters.rx.drops += 1
+            self.events.append(("debug", f"handshake: dropped a {e} from {_fmt(addr)}"))
+            return
         except HandshakeError as e:
             self._auth_failed(now, addr, str(e))
             return
@@ -267,7 +323,13 @@ class WireGuardSession:
         if receiver != self.handshake.local_index or not self.cookie_generator.consume_reply(message, now):
             self._auth_failed(now, addr, "cookie reply that does not match our last handshake message")
             return
-        self.events.append(("info", f"handshake: {_fmt(addr)} is under load; its cookie will go with the next initiation"))
+        self.events.append(("info", f"handshake: {_fmt(addr)} is under load; sending the initiation again with its cookie"))
+        # wireguard-go waits for the retry timer (5 s); resending once per attempt at
+        # once costs the peer nothing it did not ask for and gets through in one RTT
+        if not self._retried_for_cookie and self.handshake.state is State.INITIATION_CREATED:
+            self.last_handshake_sent = float("-inf")
+            self._initiate(now, retry=True)
+            self._retried_for_cookie = True
 
     def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
         receiver = int.from_bytes(message[4:8], "little")
@@ -373,7 +435,7 @@ class WireGuardSession:
             self._send_keepalive(now)
 
     def _retransmit(self, now: float) -> None:
-        if self.attempts >= MAX_HANDSHAKE_ATTEMPTS:
+        if self.attempts > MAX_HANDSHAKE_ATTEMPTS:
             dropped = len(self.staged)
             self.staged.clear()
             self.counters.tx.drops += dropped
