@@ -41,7 +41,7 @@ def test_good_config():
 def test_defaults():
     cfg = parse("interface: {mode: tap}\ntransport: {protocol: tcp, remote: 'peer.example:55555'}\nencryption: none\n")
     assert (cfg.interface.name, cfg.interface.mtu, cfg.interface.persistent) == (None, 1500, False)
-    assert cfg.interface.max_packet == 1514
+    assert cfg.interface.max_packet == 1522  # 1500 + Ethernet header + room for two VLAN tags
     assert cfg.transport.remote == Endpoint("peer.example", 55555)
     assert cfg.log_level == "info"
     assert parse("interface: {mode: tun}\ntransport: {protocol: udp, listen: '[::]:1'}\nencryption: none\n").interface.mtu == 1420

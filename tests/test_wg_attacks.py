@@ -200,3 +200,57 @@ def test_any_messages_deliver_nothing_and_answer_nothing(messages):
     assert w.b.device.written == [PING]
     assert [d for _, _, s, d in w.sent[before:] if s == B] == []  # not one reply
     assert w.b.core.endpoint == A
+
+
+# --- TAP frames in tunneld mode: byte for byte ---------------------------------------
+
+def tap_pair():
+    from tunneld.relay import Relay
+    from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
+    from tunneld.tunnel import Tunnel
+    from tunneld.wg.peer import WireGuardSession
+    net, clock = MemoryNetwork(), FakeClock()
+    sites = []
+    for addr, key, peer, endpoint, seed in ((A, KEY_A, KEY_B, B, 1), (B, KEY_B, KEY_A, None, 2)):
+        rng = random.Random(seed)
+        session = WireGuardSession(static_private=key, peer_public=public_of(peer), psk=None, compatible=False,
+                                   max_packet=1522, padding_trailer=True, wall_offset=1.7e9, rng=rng.randbytes)
+        core = Tunnel(session, "tap", 1522, endpoint=endpoint)
+        device = MemoryDevice()
+        relay = Relay(core, device, clock=clock)
+        relay.transport = net.transport(addr, relay.message)
+        sites.append((session, core, device, relay))
+    return net, sites
+
+
+def test_tap_frames_of_every_length_arrive_byte_for_byte():
+    net, ((sa, ca, da, ra), (sb, cb, db, rb)) = tap_pair()
+    rng = random.Random(6)
+    frames = [rng.randbytes(n) for n in range(14, 1523)]  # every length, up to 1500 + 14 + two VLAN tags
+    for f in frames:
+        da.inject(f)
+        ra.device_readable()
+        net.deliver()
+    assert db.written == frames
+
+
+def test_tap_trailer_on_the_wire_and_malformed_trailers():
+    net, ((sa, ca, da, ra), (sb, cb, db, rb)) = tap_pair()
+    wire = []
+    net.loss = lambda m, s, d: wire.append(m) and False
+    da.inject(b"\x02" * 15)
+    ra.device_readable()
+    net.deliver()
+    assert db.written == [b"\x02" * 15]
+    data = [m for m in wire if m[0] == 4 and len(m) > 32]
+    assert len(data[-1]) == 16 + 16 + 16  # 15 bytes + 0 padding + the length byte: one block
+    kp = sa.current
+    # authentic messages whose plaintext is not frame || zeros || length: dropped, counted
+    for bad in (b"\x02" * 15 + b"\x10", b"\x02" * 14 + b"\x01\x01", bytes([0] * 15 + [15]), b"\x02" * 16 + bytes([16])):
+        counter = kp.send_counter
+        kp.send_counter += 1
+        net.in_flight.append((kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, bad), A, B))
+    errors = cb.counters.rx.errors
+    net.deliver()
+    assert db.written == [b"\x02" * 15]
+    assert cb.counters.rx.errors == errors + 4

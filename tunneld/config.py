@@ -125,10 +125,21 @@ class Config:
         transport message (and never less than a handshake initiation)."""
         if self.encryption is None:
             return self.interface.max_packet
-        return max(self.interface.max_packet + ENCRYPTION_OVERHEAD, INITIATION_SIZE)
+        return max(self.interface.max_packet + encryption_overhead(self.interface.mode, self.encryption.wireguard_compatible),
+                   INITIATION_SIZE)
 
 
 ENCRYPTION_OVERHEAD = 32  # bytes: WireGuard transport header (16) + Poly1305 tag (16)
+PADDING_TRAILER_ROOM = 16  # bytes: tunneld mode's TAP padding (0-15) and its length byte
+
+
+def encryption_overhead(mode: str, wireguard_compatible: bool) -> int:
+    """Bytes a transport message adds to a frame at most. A TUN packet's padding stays
+    within the MTU (the IP length trims it); a TAP frame in tunneld mode carries its
+    padding and the padding's length (wg/peer.py), so a full frame grows by up to 16."""
+    if mode == "tap" and not wireguard_compatible:
+        return ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM
+    return ENCRYPTION_OVERHEAD
 INITIATION_SIZE = 148  # bytes: the largest handshake message
 KEY_BYTES = 32
 
@@ -459,7 +470,7 @@ class _Reader:
             raise self.error("interface.mtu", f"expected {limits.MIN_MTU} to {limits.MAX_MTU}, got {mtu}")
         if mtu < limits.IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
             raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {mtu}")
-        frame = limits.max_packet(mode, mtu) + (ENCRYPTION_OVERHEAD if encrypted else 0)
+        frame = limits.max_packet(mode, mtu) + (encryption_overhead(mode, False) if encrypted else 0)
         if transport.protocol == "tcp" and not encrypted and frame > limits.SIMPLETUN_BUFFER:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames; plaintext TCP is simpletun's "
                              f"wire format, whose peers read at most {limits.SIMPLETUN_BUFFER} bytes")

@@ -272,6 +272,7 @@ def make_session(cfg: Config, previous=None):
     session = WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
                                compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
                                persistent_keepalive=cfg.transport.keepalive,
+                               padding_trailer=cfg.interface.mode == "tap" and not enc.wireguard_compatible,
                                wall_clock=time.time)
     if previous is not None and previous.handshake.peer_public == enc.peer_public_key:
         # the same peer: its old initiations stay replays after a reload

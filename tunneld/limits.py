@@ -33,9 +33,14 @@ CONNECT_TIMEOUT = 10.0  # s, for one connection attempt
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
+VLAN_ROOM = 8  # bytes: up to two 802.1Q/802.1ad tags (QinQ) a TAP frame may carry past the MTU
+
+
 def link_header(mode: str) -> int:
-    """Bytes a device frame carries in front of the IP packet."""
-    return ETHERNET_HEADER if mode == "tap" else 0
+    """Bytes a device frame may carry besides the IP packet: a TAP frame's
+    Ethernet header and room for VLAN tags (the kernel hands a 1500-MTU TAP
+    1518-byte tagged frames, and 1522 with QinQ)."""
+    return ETHERNET_HEADER + VLAN_ROOM if mode == "tap" else 0
 
 
 def max_packet(mode: str, mtu: int) -> int:

@@ -71,13 +71,21 @@ class WireGuardSession:
 
     def __init__(self, *, static_private: bytes, peer_public: bytes, psk: bytes | None,
                  compatible: bool, max_packet: int, persistent_keepalive: float | None = None,
+                 padding_trailer: bool = False,
                  wall_offset: float = 0.0, wall_clock: Callable[[], float] | None = None,
                  rng: Callable[[int], bytes] = os.urandom,
                  under_load_rate: int = UNDER_LOAD_HANDSHAKES_PER_SECOND):
         """`wall_clock`: the time of day for TAI64N timestamps, read once per
         initiation (the one clock this module reads: a timestamp must be the
         wall time when it is sent, and the wall clock may be stepped while we
-        run). Without it, `now + wall_offset`, for tests on a fake clock."""
+        run). Without it, `now + wall_offset`, for tests on a fake clock.
+        `padding_trailer` (tunneld mode, TAP): the padding's length travels as the
+        plaintext's last byte, so a frame arrives byte for byte; an IP packet
+        needs none (its own length trims the padding, as WireGuard does)."""
+        if padding_trailer and compatible:
+            raise ValueError("WireGuard's wire format has no padding trailer")
+        self.padding_trailer = padding_trailer
+        self.padded = not padding_trailer  # the core trims TUN packets by their IP length
         self.compatible = compatible
         self.handshake = Handshake(static_private, peer_public, psk,
                                    IDENTIFIER if compatible else TUNNELD_IDENTIFIER,
@@ -129,8 +137,6 @@ class WireGuardSession:
         self.events: list[tuple[str, str]] = []
         self.note: Callable[[float, str, str, str], None] = lambda now, kind, level, text: None
 
-    padded = True
-
     def bind(self, counters, events: list, note: Callable[[float, str, str, str], None]) -> None:
         self.counters, self.events, self.note = counters, events, note
 
@@ -163,8 +169,15 @@ class WireGuardSession:
 
     def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float) -> bytes:
         n = len(packet)
-        padded = min(n + (-n % PADDING_MULTIPLE), max(self.max_packet, n))
-        plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
+        if self.padding_trailer:
+            if n:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
+                k = -(n + 1) % PADDING_MULTIPLE
+                plaintext = bytes(packet) + bytes(k) + bytes((k,))
+            else:
+                plaintext = packet
+        else:
+            padded = min(n + (-n % PADDING_MULTIPLE), max(self.max_packet, n))
+            plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
         counter = kp.send_counter
         kp.send_counter = counter + 1
         message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
@@ -353,6 +366,12 @@ class WireGuardSession:
             self.counters.replays += 1
             self.note(now, "replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}")
             return None
+        if self.padding_trailer and plaintext:
+            plaintext = self._strip_trailer(plaintext)
+            if plaintext is None:  # authentic, so the peer's bug, not an attack: still dropped
+                self.counters.rx.errors += 1
+                self.note(now, "trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer")
+                return None
         self.accepted_from = addr
         if kp is self.next:  # the initiator confirmed the keypair: rotate it in
             self.previous, self.current, self.next = self.current, kp, None
@@ -370,6 +389,15 @@ class WireGuardSession:
             else:
                 self.need_another_keepalive = True
         return plaintext
+
+    @staticmethod
+    def _strip_trailer(plaintext: bytes) -> bytes | None:
+        """The frame inside frame || k zero bytes || k, or None if that is not the shape."""
+        k = plaintext[-1]
+        end = len(plaintext) - 1 - k
+        if k >= PADDING_MULTIPLE or end < 1 or plaintext[end:-1].count(0) != k:
+            return None
+        return plaintext[:end]
 
     def _handshake_complete(self, now: float, addr: Address, who: str) -> None:
         self.t_retransmit = None
