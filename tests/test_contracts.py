@@ -59,13 +59,25 @@ async def udp_pair(h):
     return a, b, ("127.0.0.1", pb), ("127.0.0.1", pa)
 
 
+async def udp_steered_pair(h):
+    """Listeners that keep their peer's datagrams in a socket of their own (the
+    peer known from `remote`): the same contract over the two-socket group."""
+    pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    a, _ = await UdpTransport.open(TransportConfig("udp", Endpoint("127.0.0.1", pa), Endpoint("127.0.0.1", pb)),
+                                   h.on_a, MAX, h.errors.append, steer=True)
+    b, _ = await UdpTransport.open(TransportConfig("udp", Endpoint("127.0.0.1", pb), Endpoint("127.0.0.1", pa)),
+                                   h.on_b, MAX, h.errors.append, steer=True)
+    assert a.strangers is not None and b.steered_to == bytes([127, 0, 0, 1])
+    return a, b, ("127.0.0.1", pb), ("127.0.0.1", pa)
+
+
 async def tcp_pair(h):
     port = free_port()
     ups = []
     b = await TcpTransport.open(TransportConfig("tcp", Endpoint("127.0.0.1", port), None), MAX, h.on_b,
-                                ups.append, lambda: None, lambda t, k="": h.errors.append(t))
+                                lambda addr, dialled=False: ups.append(addr), lambda: None, lambda t, k="": h.errors.append(t))
     a = await TcpTransport.open(TransportConfig("tcp", None, Endpoint("127.0.0.1", port)), MAX, h.on_a,
-                                ups.append, lambda: None, lambda t, k="": h.errors.append(t))
+                                lambda addr, dialled=False: ups.append(addr), lambda: None, lambda t, k="": h.errors.append(t))
     a.start_connecting()
     for _ in range(500):
         if len(ups) == 2:
@@ -75,7 +87,7 @@ async def tcp_pair(h):
     return a, b, ups[0], ups[1]
 
 
-PAIRS = {"memory": memory_pair, "udp": udp_pair, "tcp": tcp_pair}
+PAIRS = {"memory": memory_pair, "udp": udp_pair, "udp-steered": udp_steered_pair, "tcp": tcp_pair}
 
 
 @pytest.fixture(params=list(PAIRS))

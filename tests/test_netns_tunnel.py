@@ -138,10 +138,14 @@ def test_hostile_tcp_peer_is_dropped_and_the_next_one_served(lab, sites):
         out = lab.run(a, sys.executable, "-c", script, payload.hex(), kind).stdout.strip()
         if kind != "truncated":
             assert out == "closed", f"{kind}: the daemon did not close the connection"
-    server.wait_log("stream ended 12 bytes into a frame")
+    from tunneld import control
+    sock = str(lab.tmp / "run" / f"{server.config.stem}.sock")
+    wait_for(lambda: control.query(sock)["rx"]["errors"] == 4, 15, what="four framing errors counted")
     log = server.log
+    # one line for the first; the rest within 10 s are counted, not logged (a stranger
+    # opening connections in a loop must not flood the journal)
     assert "sent a bad frame (65535-byte frame exceeds the 1420-byte limit); closing that connection" in log
-    assert "sent a bad frame (zero-length frame); closing that connection" in log
+    assert "sent a bad frame (zero-length frame)" not in log
     assert "10.77.0.1:" in log  # the peer's address is named
     # the next good peer is served
     client = lab.daemon(a, site(lab.name("tdt"), 1, "tcp", listen=False, remote=True))
@@ -150,7 +154,7 @@ def test_hostile_tcp_peer_is_dropped_and_the_next_one_served(lab, sites):
     lab.ping(a, "10.9.0.2")
     assert server.stop() == 0
     counters = [line for line in server.log.splitlines() if "counters:" in line][0]
-    assert "rx " in counters and " 0 errors" not in counters.split("rx ")[1]  # the framing errors were counted
+    assert "rx " in counters and " 4 errors" in counters.split("rx ")[1]  # every framing error was counted
 
 
 def test_udp_garbage_is_counted_not_fatal(lab, sites):

@@ -146,13 +146,16 @@ class Daemon:
         cfg, core, relay = self.cfg, self.core, self.relay
         tcfg = cfg.transport
         if tcfg.protocol == "udp":
-            self.transport, remote = await UdpTransport.open(tcfg, relay.message, cfg.max_message, relay.transport_error)
+            self.transport, remote = await UdpTransport.open(tcfg, relay.message, cfg.max_message, relay.transport_error,
+                                                             steer=cfg.encryption is not None)
             core.endpoint = remote
             # plaintext cannot prove who sent a packet: a configured peer is pinned
             core.pinned = cfg.encryption is None and remote is not None
         else:
             self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.message,
-                                                     relay.peer_up, relay.peer_down, relay.transport_error)
+                                                     relay.peer_up, relay.peer_down, relay.transport_error,
+                                                     authenticated=cfg.encryption is not None, note=relay.note,
+                                                     counters=core.counters)
         relay.transport = self.transport
 
     def _arm(self, when: float) -> None:

@@ -81,6 +81,18 @@ def size_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
 
 
 
+def packed_ip(addr) -> bytes | None:
+    """A socket address's IP as packed bytes, an IPv4-mapped IPv6 address as its
+    4 IPv4 bytes (what the kernel sees in the packet); None if it is not an IP."""
+    try:
+        ip = ipaddress.ip_address(addr[0])
+    except (ValueError, TypeError, IndexError):
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed
+
+
 def reason(e: BaseException) -> str:
     """An OS error in the kernel's words ("connection refused"), whatever wrapped it."""
     if isinstance(e, OSError) and e.errno:

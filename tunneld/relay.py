@@ -39,6 +39,7 @@ class Relay:
         self.on_fatal = on_fatal or (lambda why: log.error("%s", why))
         self.arm = arm
         self.armed_at = float("inf")
+        self.endpoint_seen = core.endpoint
 
     def device_readable(self) -> None:
         core, read = self.core, self.device.read
@@ -65,7 +66,22 @@ class Relay:
         core = self.core
         now = self.clock()
         core.from_network(message, addr, now)
+        if core.endpoint != self.endpoint_seen:
+            self._endpoint_changed()
         self._carry_out(now)
+
+    def _endpoint_changed(self) -> None:
+        """The core follows the peer to a new address: a transport that cares (TCP
+        promotes that candidate; UDP steers that source first) is told."""
+        self.endpoint_seen = self.core.endpoint
+        moved = getattr(self.transport, "peer_moved", None)
+        if moved is not None and self.endpoint_seen is not None:
+            moved(self.endpoint_seen)
+
+    def note(self, kind: str, level: str, text: str) -> None:
+        """A transport's rate-limited log line."""
+        self.core.note(self.clock(), kind, level, text)
+        self.log_events()
 
     def timer_fired(self) -> None:
         """The one timer: the core decides what, if anything, is due."""
@@ -111,8 +127,11 @@ class Relay:
         """The transport is ready: let the session speak first if it wants to."""
         self._kick()
 
-    def peer_up(self, addr: Address) -> None:
-        self.core.peer_up(addr)
+    def peer_up(self, addr: Address, dialled: bool = False) -> None:
+        """A stream to the peer is up; `dialled`: we connected (a new connection
+        needs a new handshake: the peer may have restarted)."""
+        self.core.peer_up(addr, dialled, self.clock())
+        self.endpoint_seen = self.core.endpoint
         self._kick()
 
     def _kick(self) -> None:
@@ -123,6 +142,7 @@ class Relay:
 
     def peer_down(self) -> None:
         self.core.peer_down()
+        self.endpoint_seen = None
 
     def _send(self, now: float) -> None:
         core = self.core

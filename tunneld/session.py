@@ -10,6 +10,7 @@ The core hands every packet through a session with this contract:
     control                                 (message, addr or None) the session wants sent
     next_deadline() / on_timer(now)         its timers, on the caller's clock
     kick(now)                               the peer became reachable (start, TCP connect)
+    stream_up(now)                          we dialled a new stream to the peer
     padded                                  packets may carry padding the core trims
 
 `PlaintextSession` is the explicit `encryption: none` mode, byte-compatible with
@@ -51,4 +52,7 @@ class PlaintextSession:
         pass
 
     def kick(self, now: float) -> None:
+        pass
+
+    def stream_up(self, now: float) -> None:
         pass

@@ -1,8 +1,19 @@
 """TCP transport with simpletun's framing: a 2-byte big-endian length, then the packet.
 
 One connection to the peer at a time. A side with `remote` connects and, after
-any loss, reconnects with capped exponential backoff; a side with `listen`
-accepts, and a new connection replaces the old one.
+any loss, reconnects with capped exponential backoff. A side with `listen`
+accepts; what happens to a new connection depends on whether the session can
+authenticate:
+
+- plaintext (simpletun): the new connection replaces the current one at once.
+  Anyone who can reach the port can take the tunnel over; `listen` on the
+  underlay address the peer uses, and a firewall, are all that limit it.
+- encrypted: the new connection is a *candidate*. It may send handshake
+  messages and gets nothing but what the session addresses to it (handshake
+  responses, cookie replies); it takes over only once the session accepts an
+  authenticated message from it (`peer_moved`). Candidates are few
+  (CANDIDATES_MAX, CANDIDATES_PER_SOURCE from one IP) and short-lived
+  (CANDIDATE_TIMEOUT), so strangers cannot cut the tunnel or hold the listener.
 
     socket readable --_readable()--> FrameDecoder.feed --> on_message(frame, addr)
     send(message) --> header+packet in one send(); the unsent tail waits in a
@@ -27,28 +38,40 @@ from tunneld.limits import (CONNECT_TIMEOUT, RECONNECT_INITIAL, RECONNECT_MAX,
 
 log = logging.getLogger("tunneld")
 DRAIN_BURST = 64  # reads per callback; the loop calls again while more wait
+CANDIDATES_MAX = 8  # unauthenticated connections held at once; more are closed on accept
+CANDIDATES_PER_SOURCE = 2  # from one IP: a third closes that IP's oldest
+CANDIDATE_TIMEOUT = 5.0  # s (REKEY_TIMEOUT): a candidate that has not authenticated by then is closed
 KEEPALIVE = (15, 5, 3)  # s idle, s between probes, probes: a silent dead peer is noticed in ~30 s
 USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the kernel gives up
 
 
 class _Connection:
-    __slots__ = ("sock", "fd", "addr", "decoder", "out")
+    __slots__ = ("sock", "fd", "addr", "decoder", "out", "closed", "expiry")
 
     def __init__(self, sock: socket.socket, addr: Address, max_frame: int):
         self.sock, self.fd, self.addr = sock, sock.fileno(), addr
         self.decoder = FrameDecoder(max_frame)
         self.out: collections.deque[memoryview | bytes] = collections.deque()
+        self.closed = False
+        self.expiry: asyncio.TimerHandle | None = None  # a candidate's deadline
 
 
 class TcpTransport:
     """Contract: `tunneld.io.Transport`, plus peer up/down callbacks."""
 
     def __init__(self, cfg: TransportConfig, max_frame: int, on_message: OnMessage,
-                 on_up, on_down, on_error):
+                 on_up, on_down, on_error, *, authenticated: bool = False, note=None, counters=None):
+        """`on_up(addr, dialled)`: a connection became the peer's. `authenticated`:
+        the session proves who sent what, so new connections are candidates (above).
+        `note(kind, level, text)`: a log line at most once per interval per kind."""
         self.cfg = cfg
         self.max_frame = max_frame
         self.on_message, self.on_up, self.on_down, self.on_error = on_message, on_up, on_down, on_error
+        self.authenticated = authenticated
+        self.note = note or (lambda kind, level, text: log.info("%s", text))
         self.conn: _Connection | None = None
+        self.candidates: dict[Address, _Connection] = {}
+        self.counters = counters  # the core's: candidates_refused is counted here
         self.listener: socket.socket | None = None
         self._buf = bytearray(max(TCP_RECV_CHUNK, max_frame + 2))
         self._view = memoryview(self._buf)
@@ -60,8 +83,8 @@ class TcpTransport:
 
     @classmethod
     async def open(cls, cfg: TransportConfig, max_frame: int, on_message: OnMessage,
-                   on_up, on_down, on_error) -> "TcpTransport":
-        self = cls(cfg, max_frame, on_message, on_up, on_down, on_error)
+                   on_up, on_down, on_error, **kw) -> "TcpTransport":
+        self = cls(cfg, max_frame, on_message, on_up, on_down, on_error, **kw)
         if cfg.listen is not None:
             self._listen()
         else:
@@ -101,13 +124,61 @@ class TcpTransport:
             except OSError as e:  # e.g. EMFILE: say so, keep listening
                 log.warning("tcp: accept failed: %s", e.strerror)
                 return
+            if self.authenticated:
+                self._add_candidate(sock, addr)
+                continue
             old = self.conn
             if old is not None:
-                log.info("tcp: %s replaces %s", format_address(addr), format_address(old.addr))
+                self.note("tcp-accept", "info", f"tcp: {format_address(addr)} replaces {format_address(old.addr)}")
                 self._close_conn(old)
             else:
-                log.info("tcp: accepted %s", format_address(addr))
+                self.note("tcp-accept", "info", f"tcp: accepted {format_address(addr)}")
             self._attach(sock, addr)
+
+    def _add_candidate(self, sock: socket.socket, addr: Address) -> None:
+        same_source = [c for c in self.candidates.values() if c.addr[0] == addr[0]]
+        if len(same_source) >= CANDIDATES_PER_SOURCE:
+            self._refuse(same_source[0], "too many from one address")  # dicts keep insertion order: the oldest
+        elif len(self.candidates) >= CANDIDATES_MAX:
+            sock.close()
+            self._count_refused()
+            self.note("tcp-candidate", "warning", f"tcp: refused {format_address(addr)}: "
+                      f"{CANDIDATES_MAX} connections are already waiting to authenticate")
+            return
+        conn = self._prepare(sock, addr)
+        conn.expiry = self._loop.call_later(CANDIDATE_TIMEOUT, self._refuse, conn, "did not authenticate in time")
+        self.candidates[addr] = conn
+        self._loop.add_reader(conn.fd, self._readable, conn)
+        self.note("tcp-candidate-accept", "info", f"tcp: accepted {format_address(addr)}; "
+                  "it takes over once it authenticates")
+
+    def _refuse(self, conn: _Connection, why: str) -> None:
+        if self.candidates.get(conn.addr) is conn:
+            del self.candidates[conn.addr]
+            self._close_conn(conn)
+            self._count_refused()
+            self.note("tcp-candidate", "warning", f"tcp: closed {format_address(conn.addr)}: {why}")
+
+    def _count_refused(self) -> None:
+        if self.counters is not None:
+            self.counters.candidates_refused += 1
+
+    def peer_moved(self, addr: Address) -> None:
+        """The session accepted an authenticated message from `addr`: if that is a
+        candidate, it becomes the connection to the peer and the old one goes."""
+        conn = self.candidates.pop(addr, None)
+        if conn is None:
+            return
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        old = self.conn
+        if old is not None:
+            self._close_conn(old)
+        log.info("tcp: %s authenticated%s", format_address(addr),
+                 f"; it replaces {format_address(old.addr)}" if old is not None else "")
+        self.conn = conn
+        self.on_up(addr, False)
 
     # --- client side ----------------------------------------------------------
 
@@ -135,10 +206,17 @@ class TcpTransport:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECONNECT_MAX)
                 continue
+            self._lost = self._loop.create_future()
+            try:
+                self._attach(sock, sock.getpeername())  # a reset right after connect fails here
+            except OSError as e:
+                sock.close()
+                log.warning("tcp: connection to %s lost at once (%s); reconnecting in %g s", ep, netaddr.reason(e), wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECONNECT_MAX)
+                continue
             wait = RECONNECT_INITIAL  # success resets the backoff
             log.info("tcp: connected to %s", ep)
-            self._lost = self._loop.create_future()
-            self._attach(sock, sock.getpeername())
             why = await self._lost
             if self._closed:
                 return
@@ -149,6 +227,13 @@ class TcpTransport:
     # --- one connection ---------------------------------------------------------
 
     def _attach(self, sock: socket.socket, addr: Address) -> None:
+        """`sock` becomes the connection to the peer."""
+        conn = self._prepare(sock, addr)
+        self.conn = conn
+        self._loop.add_reader(conn.fd, self._readable, conn)
+        self.on_up(addr, self.listener is None)
+
+    def _prepare(self, sock: socket.socket, addr: Address) -> _Connection:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame goes out now, not after an ACK
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -157,14 +242,10 @@ class TcpTransport:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT)
-        conn = _Connection(sock, addr, self.max_frame)
-        self.conn = conn
-        self._loop.add_reader(conn.fd, self._readable)
-        self.on_up(addr)
+        return _Connection(sock, addr, self.max_frame)
 
-    def _readable(self) -> None:
-        conn = self.conn
-        if conn is None:
+    def _readable(self, conn: _Connection) -> None:
+        if conn.closed:
             return
         recv, view, deliver = conn.sock.recv_into, self._view, self.on_message
         for _ in range(DRAIN_BURST):
@@ -183,16 +264,21 @@ class TcpTransport:
                 frames = conn.decoder.feed(view[:n])
             except FramingError as e:
                 # one line per connection: as many as the accepts, which are logged too
-                self.on_error(f"tcp: {format_address(conn.addr)} sent a bad frame ({e}); closing that connection")
+                self.on_error(f"tcp: {format_address(conn.addr)} sent a bad frame ({e}); closing that connection",
+                              "tcp-bad-frame")
                 self._lose(conn, f"bad frame: {e.kind}", quiet=True)
                 return
             for frame in frames:
                 deliver(frame, conn.addr)
-                if self.conn is not conn:  # the callback replaced or closed it
+                if conn.closed:  # the callback closed it
                     return
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
+        """To the peer's connection; a message addressed to a candidate (a handshake
+        response) goes to that candidate."""
         conn = self.conn
+        if conn is None or conn.addr != addr:
+            conn = self.candidates.get(addr, conn)
         if conn is None:
             return False
         if conn.out:  # a backlog: keep the stream in order, bounded by whole frames
@@ -210,12 +296,11 @@ class TcpTransport:
             return False
         if n < len(frame):
             conn.out.append(memoryview(frame)[n:])
-            self._loop.add_writer(conn.fd, self._writable)
+            self._loop.add_writer(conn.fd, self._writable, conn)
         return True
 
-    def _writable(self) -> None:
-        conn = self.conn
-        if conn is None:
+    def _writable(self, conn: _Connection) -> None:
+        if conn.closed:
             return
         out = conn.out
         while out:
@@ -235,6 +320,10 @@ class TcpTransport:
 
     def _lose(self, conn: _Connection, why: str, quiet: bool = False) -> None:
         """The connection is gone: stop using it; a client then reconnects."""
+        if self.candidates.get(conn.addr) is conn:
+            del self.candidates[conn.addr]
+            self._close_conn(conn)
+            return
         if self.conn is conn:
             self._close_conn(conn)
             if self.listener is not None and not quiet:
@@ -243,6 +332,11 @@ class TcpTransport:
             self._lost.set_result(why)
 
     def _close_conn(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.expiry is not None:
+            conn.expiry.cancel()
         self._loop.remove_reader(conn.fd)
         self._loop.remove_writer(conn.fd)
         conn.sock.close()
@@ -253,6 +347,9 @@ class TcpTransport:
 
     def close(self) -> None:
         self._closed = True
+        for conn in list(self.candidates.values()):
+            self._close_conn(conn)
+        self.candidates.clear()
         if self.conn is not None:
             self._close_conn(self.conn)
         if self.listener is not None:

@@ -139,12 +139,18 @@ class Tunnel:
 
     # --- connection-oriented transports (TCP) -----------------------------------
 
-    def peer_up(self, addr: Address) -> None:
-        """A stream to the peer is established: send to it from now on."""
+    def peer_up(self, addr: Address, dialled: bool = False, now: float = 0.0) -> None:
+        """A stream to the peer is established: send to it from now on. One we
+        dialled starts a handshake at once: the listener may have restarted, and
+        the old keypair would go unanswered until the 15 s no-reply timer."""
         if self._had_stream:
             self.counters.reconnects += 1
         self._had_stream = True
         self.endpoint = addr
+        if dialled:
+            self.session.stream_up(now)
+            if self.session.control:
+                self._take_control()
 
     def peer_down(self) -> None:
         self.endpoint = None

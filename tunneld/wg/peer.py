@@ -462,6 +462,12 @@ class WireGuardSession:
         if self.persistent_keepalive:
             self._send_keepalive(now)
 
+    def stream_up(self, now: float) -> None:
+        """We dialled a new TCP connection: handshake on it at once, whatever the
+        5 s gap says (what went on the old stream is gone with it)."""
+        self.last_handshake_sent = float("-inf")
+        self._initiate(now, retry=False)
+
     def _retransmit(self, now: float) -> None:
         if self.attempts > MAX_HANDSHAKE_ATTEMPTS:
             dropped = len(self.staged)

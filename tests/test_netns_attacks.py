@@ -1,0 +1,152 @@
+"""The adversary in the suite: floods, strangers and crashes against real
+daemons in namespaces, bounded in time, aimed only at the test's own hosts.
+Functional assertions only; the rates and recovery times are measured by
+`scripts/bench --attack`.
+
+    ns A (the real peer)                 ns B (under attack)                  ns M (mallory)
+    tunneld 10.9.0.1   10.77.0.1 ------- 10.77.0.2   tunneld 10.9.0.2
+                                         10.78.0.2 -------------------------- 10.78.0.3
+                                                                               flood.py, strangers
+"""
+
+import re
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from tests.lab import HELPERS, wait_for
+from tests.test_netns_tunnel import site
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def arena(lab):
+    a, b, m = lab.ns(), lab.ns(), lab.ns()
+    lab.veth(a, "10.77.0.1/24", b, "10.77.0.2/24")
+    lab.veth(m, "10.78.0.3/24", b, "10.78.0.2/24")
+    keys = [lab.keypair(), lab.keypair()]
+    return a, b, m, keys
+
+
+def enc(keys, me: int, extra: str = "") -> str:
+    return (f"encryption:\n  private_key_file: {keys[me][0]}\n  peer_public_key: \"{keys[1 - me][1]}\"\n"
+            + (f"  {extra}\n" if extra else ""))
+
+
+def answered(lab, ns: str, addr: str, count: int, interval: float = 0.1) -> int:
+    out = lab.run(ns, "ping", "-c", str(count), "-i", str(interval), "-W", "1", addr, check=False, timeout=120).stdout
+    return int(re.search(r"(\d+) received", out).group(1))
+
+
+def pair(lab, a, b, keys, proto: str, compatible: bool = False):
+    extra = "wireguard_compatible: true" if compatible else ""
+    cfg_b = site(lab.name("tdt"), 2, proto, listen=True, remote=False, encryption=enc(keys, 1, extra))
+    cfg_a = site(lab.name("tdt"), 1, proto, listen=proto == "udp", remote=True, encryption=enc(keys, 0, extra))
+    db = lab.daemon(b, cfg_b).wait_up()
+    da = lab.daemon(a, cfg_a).wait_up()
+    lab.wait_ping(a, "10.9.0.2")
+    return da, db, cfg_a, cfg_b
+
+
+@pytest.mark.parametrize("compatible", [False, True], ids=["tunneld-mode", "wireguard-compatible"])
+def test_valid_mac1_flood_leaves_the_tunnel_up_and_a_restarted_peer_gets_in(lab, arena, compatible):
+    a, b, m, keys = arena
+    da, db, cfg_a, _ = pair(lab, a, b, keys, "udp", compatible)
+    flood = lab.spawn(m, sys.executable, str(HELPERS / "flood.py"), "10.78.0.2", "55555", keys[1][1], "25", "--gso",
+                      stdout=open(lab.tmp / "flood.out", "w"))
+    time.sleep(2)  # the flood is on and b is under load
+    assert answered(lab, a, "10.9.0.2", 50) >= 45  # at least 90% of pings through the tunnel
+    # a restarts during the flood: no keys, no cookie; b still holds the old keypair
+    da.stop(signal.SIGKILL)
+    lab.daemon(a, cfg_a).wait_up()
+    lab.wait_ping(a, "10.9.0.2", timeout=15)
+    assert flood.poll() is None, "the flood ended before the restarted peer got in"
+    flood.wait(60)
+    assert '"sent"' in (lab.tmp / "flood.out").read_text()
+    assert db.proc.poll() is None
+    status = _status(lab, db)
+    assert status["handshakes_shed"] > 0 and status["cookies_sent"] >= 1
+    assert db.stop() == 0
+    log = db.log
+    assert "Traceback" not in log
+    assert "refused to steer" not in log  # the peer's datagrams had a socket of their own
+    assert log.count("under load: dropping handshake messages") <= 4  # rate-limited: once per 10 s
+
+
+def _status(lab, daemon) -> dict:
+    from tunneld import control
+    return control.query(str(lab.tmp / "run" / f"{daemon.config.stem}.sock"))
+
+
+STRANGER = """
+import socket, sys, time, random
+got, opened = 0, 0
+end = time.monotonic() + float(sys.argv[1])
+held = []
+while time.monotonic() < end:
+    try:
+        s = socket.create_connection(("10.78.0.2", 55555), timeout=2)
+    except OSError:
+        time.sleep(0.05)
+        continue
+    opened += 1
+    kind = opened % 3
+    if kind == 0:
+        s.sendall(b"\\x00\\x94" + b"\\x01\\x00\\x00\\x00" + random.randbytes(144))  # a framed fake initiation
+    elif kind == 1:
+        s.sendall(b"\\x00\\x20" + random.randbytes(32))  # a framed fake transport message
+    held.append(s)
+    for h in held:
+        h.setblocking(False)
+        try:
+            data = h.recv(65536)
+            got += len(data)
+        except (BlockingIOError, OSError):
+            pass
+    held = held[-20:]
+    time.sleep(0.1)
+print(opened, got)
+"""
+
+
+def test_strangers_cannot_cut_an_encrypted_tcp_tunnel(lab, arena):
+    a, b, m, keys = arena
+    da, db, _, _ = pair(lab, a, b, keys, "tcp")
+    da.wait_log("tcp: connected to")
+    strangers = lab.spawn(m, sys.executable, "-c", STRANGER, "12", stdout=open(lab.tmp / "strangers.out", "w"))
+    time.sleep(1)
+    assert answered(lab, a, "10.9.0.2", 80) >= 78  # the tunnel is not interrupted
+    strangers.wait(60)
+    opened, got = map(int, (lab.tmp / "strangers.out").read_text().split())
+    assert opened >= 20
+    assert got == 0  # not one byte went to a stranger
+    status = _status(lab, db)
+    assert status["candidates_refused"] >= 10
+    assert status["peer"].startswith("10.77.0.1:")
+    assert status["reconnects"] == 0
+    assert db.stop() == 0
+    log = db.log
+    assert log.count("tcp: accepted 10.78.0.3") <= 3  # at most one line per 10 s
+    assert "Traceback" not in log
+    assert "replaces" not in log
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("victim", ["initiator", "responder"])
+def test_kill_9_and_restart_either_side(lab, arena, proto, victim):
+    """kill -9 one side and start it again: the tunnel comes back by itself (over
+    TCP the client handshakes as soon as it reconnects; over UDP the first packet
+    from the new process does)."""
+    a, b, m, keys = arena
+    da, db, cfg_a, cfg_b = pair(lab, a, b, keys, proto)
+    ns, daemon, cfg = (a, da, cfg_a) if victim == "initiator" else (b, db, cfg_b)
+    daemon.stop(signal.SIGKILL)
+    lab.daemon(ns, cfg).wait_up()
+    lab.wait_ping(a, "10.9.0.2", timeout=30)
+    lab.ping(b, "10.9.0.1")
+    survivor = db if victim == "initiator" else da
+    assert "Traceback" not in survivor.log
