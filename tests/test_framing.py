@@ -78,3 +78,50 @@ def test_limit_follows_configuration():
     assert FrameDecoder(9014).feed(frame(jumbo)) == [jumbo]
     with pytest.raises(FramingError):
         FrameDecoder(1514).feed(frame(jumbo))
+
+
+# --- property-based: any byte stream, cut anywhere ----------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _reference(stream: bytes, max_frame: int):
+    """Frames and the error kind (or None) a correct decoder finds in `stream`."""
+    frames, pos = [], 0
+    while len(stream) - pos >= 2:
+        n = int.from_bytes(stream[pos:pos + 2], "big")
+        if n == 0:
+            return frames, "zero-length"
+        if n > max_frame:
+            return frames, "oversize"
+        if pos + 2 + n > len(stream):
+            break
+        frames.append(stream[pos + 2:pos + 2 + n])
+        pos += 2 + n
+    return frames, ("truncated" if pos < len(stream) else None)
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(st.binary(min_size=1, max_size=40)).map(lambda fs: b"".join(len(f).to_bytes(2, "big") + f for f in fs))),
+       st.lists(st.integers(min_value=1, max_value=50), max_size=30))
+def test_any_stream_in_any_pieces(stream, cuts):
+    from tunneld.framing import FrameDecoder, FramingError
+    dec = FrameDecoder(40)
+    got, error, pos = [], None, 0
+    pieces = []
+    for c in cuts:
+        pieces.append(stream[pos:pos + c])
+        pos += c
+    pieces.append(stream[pos:])
+    try:
+        for p in pieces:
+            got += dec.feed(p)
+            assert dec.pending <= 2 + 40 + 50  # one partial frame and one read, at most
+        dec.eof()
+    except FramingError as e:
+        error = e.kind
+    want, want_error = _reference(stream, 40)
+    assert got == want
+    assert error == want_error

@@ -82,42 +82,13 @@ def _status(lab, daemon) -> dict:
     return control.query(str(lab.tmp / "run" / f"{daemon.config.stem}.sock"))
 
 
-STRANGER = """
-import socket, sys, time, random
-got, opened = 0, 0
-end = time.monotonic() + float(sys.argv[1])
-held = []
-while time.monotonic() < end:
-    try:
-        s = socket.create_connection(("10.78.0.2", 55555), timeout=2)
-    except OSError:
-        time.sleep(0.05)
-        continue
-    opened += 1
-    kind = opened % 3
-    if kind == 0:
-        s.sendall(b"\\x00\\x94" + b"\\x01\\x00\\x00\\x00" + random.randbytes(144))  # a framed fake initiation
-    elif kind == 1:
-        s.sendall(b"\\x00\\x20" + random.randbytes(32))  # a framed fake transport message
-    held.append(s)
-    for h in held:
-        h.setblocking(False)
-        try:
-            data = h.recv(65536)
-            got += len(data)
-        except (BlockingIOError, OSError):
-            pass
-    held = held[-20:]
-    time.sleep(0.1)
-print(opened, got)
-"""
 
 
 def test_strangers_cannot_cut_an_encrypted_tcp_tunnel(lab, arena):
     a, b, m, keys = arena
     da, db, _, _ = pair(lab, a, b, keys, "tcp")
     da.wait_log("tcp: connected to")
-    strangers = lab.spawn(m, sys.executable, "-c", STRANGER, "12", stdout=open(lab.tmp / "strangers.out", "w"))
+    strangers = lab.spawn(m, sys.executable, str(HELPERS / "strangers.py"), "12", stdout=open(lab.tmp / "strangers.out", "w"))
     time.sleep(1)
     assert answered(lab, a, "10.9.0.2", 80) >= 78  # the tunnel is not interrupted
     strangers.wait(60)
@@ -150,3 +121,17 @@ def test_kill_9_and_restart_either_side(lab, arena, proto, victim):
     lab.ping(b, "10.9.0.1")
     survivor = db if victim == "initiator" else da
     assert "Traceback" not in survivor.log
+
+
+def test_reload_with_a_low_order_peer_key_is_refused_and_changes_nothing(lab, arena):
+    import base64
+    a, b, m, keys = arena
+    da, db, cfg_a, _ = pair(lab, a, b, keys, "udp")
+    bad = base64.b64encode(bytes([1]) + bytes(31)).decode()  # the point u = 1, of order 4
+    da.config.write_text(cfg_a.replace(keys[1][1], bad))
+    da.proc.send_signal(signal.SIGHUP)
+    da.wait_log("reload refused, keeping the running config:")
+    assert f"encryption.peer_public_key: '{bad}' is a low-order point" in da.log
+    assert da.proc.poll() is None
+    lab.ping(a, "10.9.0.2")  # the old session is untouched
+    assert "Traceback" not in da.log
