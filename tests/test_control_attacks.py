@@ -67,3 +67,8 @@ def test_metric_labels_are_escaped(name):
             assert m, line
             unescaped = re.sub(r'\\(.)', lambda g: {"n": "\n"}.get(g.group(1), g.group(1)), m.group(1))
             assert unescaped == name
+
+
+def test_status_text_shows_the_attack_counters():
+    text = control.format_status({**SNAPSHOT, "cookies_sent": 410, "handshakes_shed": 34_000_000, "candidates_refused": 7})
+    assert "  under attack: 410 cookie replies, 34000000 handshake messages shed, 7 TCP candidates refused" in text

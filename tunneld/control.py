@@ -119,6 +119,8 @@ def format_status(st: dict) -> str:
         f"  rx: {st['rx']['packets']} packets, {st['rx']['bytes']} bytes, {st['rx']['drops']} drops, {st['rx']['errors']} errors",
         f"  tx: {st['tx']['packets']} packets, {st['tx']['bytes']} bytes, {st['tx']['drops']} drops, {st['tx']['errors']} errors",
         f"  authentication failures: {st['auth_failures']}, reconnects: {st['reconnects']}, handshakes: {st['handshakes']}",
+        f"  under attack: {st.get('cookies_sent', 0)} cookie replies, {st.get('handshakes_shed', 0)} handshake messages shed, "
+        f"{st.get('candidates_refused', 0)} TCP candidates refused",
         f"  uptime: {st['uptime_seconds']:.0f} s, pid {st['pid']}",
     ]
     return "\n".join(line for line in lines if line)
