@@ -131,6 +131,8 @@ class Config:
 
 ENCRYPTION_OVERHEAD = 32  # bytes: WireGuard transport header (16) + Poly1305 tag (16)
 PADDING_TRAILER_ROOM = 16  # bytes: tunneld mode's TAP padding (0-15) and its length byte
+INITIATION_SIZE = 148  # bytes: the largest handshake message
+KEY_BYTES = 32
 
 
 def encryption_overhead(mode: str, wireguard_compatible: bool) -> int:
@@ -140,8 +142,6 @@ def encryption_overhead(mode: str, wireguard_compatible: bool) -> int:
     if mode == "tap" and not wireguard_compatible:
         return ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM
     return ENCRYPTION_OVERHEAD
-INITIATION_SIZE = 148  # bytes: the largest handshake message
-KEY_BYTES = 32
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a megabyte is plenty

@@ -65,7 +65,7 @@ class ControlServer:
                 for _ in range(DISCARD_CHUNKS):
                     if not await asyncio.wait_for(reader.read(MAX_REQUEST), REQUEST_TIMEOUT):
                         break
-        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

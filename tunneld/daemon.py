@@ -18,7 +18,7 @@ import time
 
 from tunneld import config as configmod
 from tunneld import control, hooks, mss, privileges
-from tunneld.config import Config, is_low_order
+from tunneld.config import Config
 from tunneld.device import TunTap
 from tunneld.errors import StartupError
 from tunneld.io import format_address
@@ -32,7 +32,7 @@ from tunneld.tcp import TcpTransport
 from tunneld.tunnel import Tunnel
 from tunneld.udp import UdpTransport
 from tunneld.wg.peer import WireGuardSession
-from tunneld.wg.primitives import public_of
+from tunneld.wg.primitives import DHError, public_of
 
 log = logging.getLogger("tunneld")
 STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
@@ -270,13 +270,14 @@ def make_session(cfg: Config, previous=None):
     mode = "WireGuard-compatible" if enc.wireguard_compatible else "tunneld mode"
     log.info("encryption: %s, public key %s, peer %s%s", mode, base64.b64encode(public_of(keys.private)).decode(),
              base64.b64encode(enc.peer_public_key).decode(), ", with preshared key" if keys.psk else "")
-    if is_low_order(enc.peer_public_key):  # config.parse refuses it; a Config built otherwise must too
-        raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it")
-    session = WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
-                               compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
-                               persistent_keepalive=cfg.transport.keepalive,
-                               padding_trailer=cfg.interface.mode == "tap" and not enc.wireguard_compatible,
-                               wall_clock=time.time)
+    try:
+        session = WireGuardSession(static_private=keys.private, peer_public=enc.peer_public_key, psk=keys.psk,
+                                   compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
+                                   persistent_keepalive=cfg.transport.keepalive,
+                                   padding_trailer=cfg.interface.mode == "tap" and not enc.wireguard_compatible,
+                                   wall_clock=time.time)
+    except DHError:  # config.parse refuses such a key; this is for a Config built any other way
+        raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it") from None
     if previous is not None and previous.handshake.peer_public == enc.peer_public_key:
         # the same peer: its old initiations stay replays after a reload
         session.handshake.last_timestamp = previous.handshake.last_timestamp

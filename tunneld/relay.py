@@ -66,7 +66,7 @@ class Relay:
         core = self.core
         now = self.clock()
         core.from_network(message, addr, now)
-        if core.endpoint != self.endpoint_seen:
+        if core.endpoint is not self.endpoint_seen:  # the core replaces the object only when it moves
             self._endpoint_changed()
         self._carry_out(now)
 

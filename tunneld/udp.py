@@ -14,6 +14,7 @@ kernel refuses the program, one socket does both jobs, and the log says so.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import socket
 import struct
@@ -76,7 +77,6 @@ class UdpTransport:
     def steer(self, peer_ip: bytes | None) -> bool:
         """Have the kernel put `peer_ip`'s datagrams in the peer's socket (None: every
         transport message). False when the kernel refuses the program."""
-        import ctypes
         code = steering.program(peer_ip)
         filt = ctypes.create_string_buffer(steering.encode(code))
         prog = struct.pack("HL", len(code), ctypes.addressof(filt))  # struct sock_fprog

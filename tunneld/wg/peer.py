@@ -189,10 +189,12 @@ class WireGuardSession:
             self._initiate(now, retry=False)
         return message
 
-    def _initiate(self, now: float, retry: bool) -> None:
+    def _initiate(self, now: float, retry: bool, gap: bool = True) -> None:
+        """A new initiation; `gap=False` skips the 5 s spacing (a cookie to return,
+        a new TCP stream: the last initiation went nowhere useful)."""
         if not retry:
             self.attempts = 0
-        if now - self.last_handshake_sent < REKEY_TIMEOUT:
+        if gap and now - self.last_handshake_sent < REKEY_TIMEOUT:
             # at most one handshake message per REKEY_TIMEOUT. wireguard-go returns
             # here without arming the retry, so after answering the peer's initiation
             # (crossed handshakes) nothing retried ours: retry when the gap is over
@@ -340,8 +342,7 @@ class WireGuardSession:
         # wireguard-go waits for the retry timer (5 s); resending once per attempt at
         # once costs the peer nothing it did not ask for and gets through in one RTT
         if not self._retried_for_cookie and self.handshake.state is State.INITIATION_CREATED:
-            self.last_handshake_sent = float("-inf")
-            self._initiate(now, retry=True)
+            self._initiate(now, retry=True, gap=False)
             self._retried_for_cookie = True
 
     def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
@@ -465,8 +466,7 @@ class WireGuardSession:
     def stream_up(self, now: float) -> None:
         """We dialled a new TCP connection: handshake on it at once, whatever the
         5 s gap says (what went on the old stream is gone with it)."""
-        self.last_handshake_sent = float("-inf")
-        self._initiate(now, retry=False)
+        self._initiate(now, retry=False, gap=False)
 
     def _retransmit(self, now: float) -> None:
         if self.attempts > MAX_HANDSHAKE_ATTEMPTS:
