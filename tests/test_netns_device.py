@@ -13,9 +13,11 @@ from tests.lab import HELPERS
 pytestmark = pytest.mark.netns
 
 
+@pytest.mark.parametrize("offload", ["", "offload"])
 @pytest.mark.parametrize("mode", ["tun", "tap"])
-def test_tuntap_device_contract(lab, mode):
+def test_tuntap_device_contract(lab, mode, offload):
     ns = lab.ns()
-    p = lab.run(ns, sys.executable, str(HELPERS / "device_contract.py"), mode, lab.name("tdd"), check=False)
+    p = lab.run(ns, sys.executable, str(HELPERS / "device_contract.py"), mode, lab.name("tdd"),
+                *([offload] if offload else []), check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip().endswith("contract ok"), p.stdout

@@ -172,7 +172,7 @@ def split_full(version, size, mss=None, **kw):
 @pytest.mark.parametrize("version", [4, 6])
 def test_coalesced_segments_split_back_to_the_same_segments(version):
     frame, segs = split_full(version, 40000)
-    c = coalesce.Coalescer(tap=False, single=virtio.VALID)
+    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
     for s in segs:
         c.add(bytes(s))
     out = c.flush()
@@ -187,7 +187,7 @@ def test_coalesced_segments_split_back_to_the_same_segments(version):
 
 def test_coalescing_stops_at_a_gap_and_keeps_order():
     _, segs = split_full(4, 10 * 1368)
-    c = coalesce.Coalescer(tap=False, single=virtio.VALID)
+    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
     for s in segs[:4] + segs[5:]:  # segment 4 lost
         c.add(bytes(s))
     out = c.flush()
@@ -200,12 +200,12 @@ def test_other_packets_pass_alone_and_flows_stay_apart():
     _, a = split_full(4, 3 * 1368)
     _, b = split_full(6, 3 * 1368)
     udp, _ = udp_super(4, b"hello")
-    c = coalesce.Coalescer(tap=False, single=virtio.VALID)
+    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
     for x in (a[0], b[0], udp, a[1], b[1], a[2], b[2]):
         c.add(bytes(x))
     out = c.flush()
     assert len(out) == 3
-    assert out[2] == virtio.VALID + udp
+    assert out[2] == virtio.PLAIN + udp
     assert [virtio.unpack(o).gso for o in out[:2]] == [1, 4]
 
 
@@ -219,7 +219,7 @@ def test_a_lone_segment_keeps_its_checksum_and_header():
 def test_psh_ends_a_super_packet():
     _, first = split_full(4, 2 * 1368, flags=0x18)  # PSH on its last segment
     _, second = split_full(4, 2 * 1368, seq=1000 + 2 * 1368, flags=0x10)
-    c = coalesce.Coalescer(tap=False, single=virtio.VALID)
+    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
     for s in first + second:
         c.add(bytes(s))
     assert len(c.flush()) == 2
@@ -227,7 +227,7 @@ def test_psh_ends_a_super_packet():
 
 def test_tap_frames_coalesce():
     frame, segs = split_full(4, 5 * 1448, mss=1448, tap=True, vlan=True)
-    c = coalesce.Coalescer(tap=True, single=virtio.VALID)
+    c = coalesce.Coalescer(tap=True, single=virtio.PLAIN)
     for s in segs:
         c.add(bytes(s))
     out = c.flush()

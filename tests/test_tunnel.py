@@ -19,7 +19,7 @@ class Site:
                            endpoint=endpoint, pinned=pinned)
         self.device = MemoryDevice()
         self.relay = Relay(self.core, self.device, clock=clock)
-        self.transport = net.transport(addr, self.relay.message)
+        self.transport = net.transport(addr, self.relay.messages)
         self.relay.transport = self.transport
 
     def send(self, *packets):

@@ -218,7 +218,7 @@ def tap_pair():
         core = Tunnel(session, "tap", 1522, endpoint=endpoint)
         device = MemoryDevice()
         relay = Relay(core, device, clock=clock)
-        relay.transport = net.transport(addr, relay.message)
+        relay.transport = net.transport(addr, relay.messages)
         sites.append((session, core, device, relay))
     return net, sites
 

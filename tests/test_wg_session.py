@@ -31,7 +31,7 @@ class Site:
         self.core = Tunnel(self.session, "tun", 1420, endpoint=endpoint, allowed_ips=allowed_ips)
         self.device = MemoryDevice()
         self.relay = Relay(self.core, self.device, clock=clock)
-        self.transport = net.transport(addr, self.relay.message)
+        self.transport = net.transport(addr, self.relay.messages)
         self.relay.transport = self.transport
         self.counters = self.core.counters
 

@@ -58,6 +58,7 @@ class InterfaceConfig:
     routes: tuple[IPNetwork, ...] = ()
     persistent: bool = False
     clamp_mss: bool = False  # rewrite TCP MSS on SYNs to fit the tunnel (default on for tun)
+    offload: bool = True  # IFF_VNET_HDR + TSO/USO: 64 KB super-packets (false: one packet per read)
 
     @property
     def max_packet(self) -> int:
@@ -449,7 +450,7 @@ class _Reader:
         return value
 
     def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
-        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent", "clamp_mss"}
+        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent", "clamp_mss", "offload"}
         m = self.mapping(value, "interface", keys, {"mode"})
         mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
         name = self.ifname(m["name"], "interface.name") if m.get("name") is not None else None
@@ -499,7 +500,8 @@ class _Reader:
         clamp = self.typed(m.get("clamp_mss", mode == "tun"), "interface.clamp_mss", bool)
         if clamp and mode != "tun":
             raise self.error("interface.clamp_mss", "clamps TCP in IP packets: needs interface.mode tun")
-        return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent, clamp)
+        offload = self.typed(m.get("offload", True), "interface.offload", bool)
+        return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent, clamp, offload)
 
     def address(self, text: str, path: str) -> IPInterface:
         if "/" not in text:

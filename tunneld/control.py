@@ -115,6 +115,7 @@ def format_status(st: dict) -> str:
     lines = [
         f"{st['name']}: {st['interface']} ({st['mode']}, mtu {st['mtu']}), {st['transport']}, {st['encryption']}",
         f"  peer: {peer}",
+        f"  offload: {st['offload']}" if st.get("offload") else "",
         f"  latest handshake: {'never' if hs is None else f'{hs:.0f} s ago'}" if st["encryption"] != "plaintext" else "",
         f"  rx: {st['rx']['packets']} packets, {st['rx']['bytes']} bytes, {st['rx']['drops']} drops, {st['rx']['errors']} errors",
         f"  tx: {st['tx']['packets']} packets, {st['tx']['bytes']} bytes, {st['tx']['drops']} drops, {st['tx']['errors']} errors",

@@ -70,16 +70,20 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         icfg, tcfg = cfg.interface, cfg.transport
-        session = make_session(cfg)
         code = 1
         with contextlib.ExitStack() as undo:
             undo.callback(self._remove_signal_handlers)
             undo.callback(self.notifier.close)
             uid_gid = privileges.resolve(cfg.run_as.user, cfg.run_as.group) if cfg.run_as else None
-            self.device = device = TunTap.open(icfg.name, icfg.mode, icfg.max_packet, icfg.persistent)
+            self.device = device = TunTap.open(icfg.name, icfg.mode, icfg.mtu, icfg.persistent, icfg.offload)
             undo.callback(device.close)
             log.info("%s: %s %s device, mtu %d", device.name,
                      "attached to persistent" if icfg.persistent else "created", icfg.mode, icfg.mtu)
+            if device.vnet:
+                log.info("%s: offloads on (%s): super-packets of up to 64 KB", device.name, device.offload_names)
+            elif icfg.offload:
+                log.warning("%s: offloads off, one packet per read: %s", device.name, device.fallback)
+            session = make_session(cfg, offload=device.vnet)
             self.link = LinkSetup(device.name, restore=icfg.persistent)
             undo.callback(self._undo_link)
             self.link.apply(icfg)
@@ -87,7 +91,8 @@ class Daemon:
             enc = cfg.encryption
             self.core = core = Tunnel(session, icfg.mode, icfg.max_packet,
                                       allowed_ips=enc.allowed_ips if enc else None,
-                                      clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None)
+                                      clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None,
+                                      vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp")
             self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm)
             undo.callback(lambda: self._timer and self._timer.cancel())
             await self._open_transport()
@@ -146,13 +151,13 @@ class Daemon:
         cfg, core, relay = self.cfg, self.core, self.relay
         tcfg = cfg.transport
         if tcfg.protocol == "udp":
-            self.transport, remote = await UdpTransport.open(tcfg, relay.message, cfg.max_message, relay.transport_error,
+            self.transport, remote = await UdpTransport.open(tcfg, relay.messages, cfg.max_message, relay.transport_error,
                                                              steer=cfg.encryption is not None)
             core.endpoint = remote
             # plaintext cannot prove who sent a packet: a configured peer is pinned
             core.pinned = cfg.encryption is None and remote is not None
         else:
-            self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.message,
+            self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.messages,
                                                      relay.peer_up, relay.peer_down, relay.transport_error,
                                                      authenticated=cfg.encryption is not None, note=relay.note,
                                                      counters=core.counters)
@@ -216,6 +221,7 @@ class Daemon:
             "transport": f"{cfg.transport.protocol}" + "".join(
                 f" {k} {v}" for k, v in (("listen", cfg.transport.listen), ("remote", cfg.transport.remote)) if v),
             "encryption": "plaintext" if enc is None else ("wireguard" if enc.wireguard_compatible else "tunneld"),
+            "offload": self._offload_state(),
             "peer": _peer(core),
             "last_handshake_seconds_ago": None if last is None else round(now - last, 1),
             "rx": vars(c.rx).copy(),
@@ -230,6 +236,17 @@ class Daemon:
             "uptime_seconds": round(now - self.started, 1),
             "pid": os.getpid(),
         }
+
+    def _offload_state(self) -> str:
+        """What the device and the peer do with super-packets, in a few words."""
+        device = self.device
+        if not device.vnet:
+            return f"off ({device.fallback})"
+        session = self.core.session
+        if getattr(session, "offload_peer", False):
+            wire = "whole over tcp" if self.cfg.transport.protocol == "tcp" else "segments with partial checksums"
+            return f"{device.offload_names}; peer takes super-packets ({wire})"
+        return f"{device.offload_names}; cut into packets for the peer"
 
     # --- reload ------------------------------------------------------------------
 
@@ -261,7 +278,9 @@ class Daemon:
             self.notifier.ready(self.status_line())
 
 
-def make_session(cfg: Config, previous=None):
+def make_session(cfg: Config, previous=None, offload: bool = False):
+    """`offload`: the device has virtio headers, so tunneld mode may offer the
+    peer super-packets (WireGuard-compatible mode never does)."""
     enc = cfg.encryption
     if enc is None:
         log.warning("encryption: none: packets cross the network in plaintext, unauthenticated")
@@ -275,6 +294,7 @@ def make_session(cfg: Config, previous=None):
                                    compatible=enc.wireguard_compatible, max_packet=cfg.interface.max_packet,
                                    persistent_keepalive=cfg.transport.keepalive,
                                    padding_trailer=cfg.interface.mode == "tap" and not enc.wireguard_compatible,
+                                   offload=offload and not enc.wireguard_compatible,
                                    wall_clock=time.time)
     except DHError:  # config.parse refuses such a key; this is for a Config built any other way
         raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it") from None

@@ -2,6 +2,13 @@
 
 A device is one non-blocking fd that reads and writes whole packets (TUN, IP)
 or frames (TAP, Ethernet), with IFF_NO_PI: no packet-information header.
+
+With offloads (the default), it is opened with IFF_VNET_HDR and TUNSETOFFLOAD:
+every read and write starts with a 10-byte virtio_net_hdr (offload/virtio.py),
+and the kernel hands us TCP (TSO) and UDP (USO, where it knows it) super-packets
+of up to 64 KB with their checksums left partial. Where the kernel refuses, the
+device is reopened without the header, one packet per read, and `fallback`
+says why.
 """
 
 from __future__ import annotations
@@ -21,6 +28,19 @@ TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
 TUNGETIFF = 0x800454D2
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int): TUN_F_* by value
+
+# TUNSETOFFLOAD bits: what we accept from the kernel
+TUN_F_CSUM = 0x01  # partial checksums; needed by all below
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20  # kernel 6.2+
+TUN_F_USO6 = 0x40
+OFFLOAD_TRIES = (  # the first the kernel accepts is kept
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+)
 
 # ifr_flags
 IFF_TUN = 0x0001
@@ -37,21 +57,55 @@ SYS_NET = "/sys/class/net"
 class TunTap:
     """An open TUN or TAP device. Contract: `tunneld.io.Device`."""
 
-    def __init__(self, fd: int, name: str, mode: str, max_packet: int, persistent: bool):
+    def __init__(self, fd: int, name: str, mode: str, max_read: int, persistent: bool,
+                 offloads: int = 0, fallback: str | None = None):
+        """`max_read`: the largest read, virtio header included (limits.device_buffer)."""
         self.fd, self.name, self.mode, self.persistent = fd, name, mode, persistent
-        # One byte more than the largest packet: a longer read means the kernel gave
-        # us more than the MTU allows (it cannot today), and it gets dropped, not cut.
-        self._buf = bytearray(max_packet + 1)
+        self.offloads = offloads  # TUN_F_* in force; 0: no virtio header at all
+        self.vnet = bool(offloads)
+        self.fallback = fallback  # why offloads are off, for the log and status
+        # One byte more than the largest read: a longer one means the kernel gave
+        # us more than the limit allows (it cannot today), and it gets dropped, not cut.
+        self._buf = bytearray(max_read + 1)
         self._view = memoryview(self._buf)
         self._bufs = [self._buf]
-        self.max_packet = max_packet
+        self.max_read = max_read
+
+    @property
+    def offload_names(self) -> str:
+        names = [n for bit, n in ((TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"), (TUN_F_USO4, "uso4"),
+                                  (TUN_F_USO6, "uso6")) if self.offloads & bit]
+        return " ".join(names) or "none"
 
     @classmethod
-    def open(cls, name: str | None, mode: str, max_packet: int, persistent: bool = False) -> "TunTap":
+    def open(cls, name: str | None, mode: str, mtu: int, persistent: bool = False,
+             offload: bool = True) -> "TunTap":
         """Create a device (name or the kernel's tun%d/tap%d) or, with `persistent`,
-        attach to an existing persistent one, never creating it."""
+        attach to an existing persistent one, never creating it. `offload`: try
+        IFF_VNET_HDR with TSO/USO first (see the module docstring)."""
+        from tunneld.limits import device_buffer
+        if not offload:
+            fd, actual = cls._attach(name, mode, persistent, 0)
+            return cls(fd, actual, mode, device_buffer(mode, mtu, False), persistent, 0, "interface.offload is false")
+        fd, actual = cls._attach(name, mode, persistent, IFF_VNET_HDR)
+        why = "the kernel refused IFF_VNET_HDR" if fd < 0 else None
+        if fd >= 0:
+            for bits in OFFLOAD_TRIES:
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, bits)
+                    return cls(fd, actual, mode, device_buffer(mode, mtu, True), persistent, bits)
+                except OSError as e:
+                    why = f"the kernel refused TSO offloads ({e.strerror})"
+            os.close(fd)  # a device we created goes with it; we make it again, plain
+        fd, actual = cls._attach(name if persistent or fd < 0 else actual, mode, persistent, 0)
+        return cls(fd, actual, mode, device_buffer(mode, mtu, False), persistent, 0, why)
+
+    @staticmethod
+    def _attach(name: str | None, mode: str, persistent: bool, extra: int) -> tuple[int, str]:
+        """(fd, actual name). With `extra` flags (IFF_VNET_HDR) an EINVAL gives (-1, "")
+        so the caller can try without them."""
         label = name or f"{mode}%d"
-        flags = (IFF_TAP if mode == "tap" else IFF_TUN) | IFF_NO_PI
+        flags = (IFF_TAP if mode == "tap" else IFF_TUN) | IFF_NO_PI | extra
         if persistent:
             flags |= _existing_flags(label, mode) & IFF_MULTI_QUEUE
         else:
@@ -64,10 +118,11 @@ class TunTap:
             result = fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(label.encode(), flags))
         except OSError as e:
             os.close(fd)
+            if extra and e.errno == errno.EINVAL:
+                return -1, ""
             raise StartupError(f"{label}: cannot {'attach to' if persistent else 'create'} {mode} device: "
                                f"{_setiff_why(e, persistent)}") from None
-        actual = IFREQ.unpack(result)[0].rstrip(b"\0").decode()
-        return cls(fd, actual, mode, max_packet, persistent)
+        return fd, IFREQ.unpack(result)[0].rstrip(b"\0").decode()
 
     def fileno(self) -> int:
         return self.fd
@@ -77,8 +132,8 @@ class TunTap:
             n = os.readv(self.fd, self._bufs)
         except BlockingIOError:
             return None
-        if n > self.max_packet:
-            raise OSError(errno.EMSGSIZE, f"{n}-byte packet exceeds the MTU")
+        if n > self.max_read:
+            raise OSError(errno.EMSGSIZE, f"{n}-byte read exceeds the {self.max_read}-byte limit")
         return self._view[:n]
 
     def write(self, packet: bytes | memoryview) -> bool:

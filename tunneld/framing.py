@@ -1,12 +1,19 @@
 """simpletun's TCP framing: every packet is a 2-byte big-endian length, then the packet.
 
-Nothing else ever goes on the wire. The decoder is pure: bytes in, whole frames
-out, and a FramingError naming what was wrong with the stream.
+Nothing else goes on the wire, with one exception that exists only between two
+tunneld that agreed on super-packets in an authenticated handshake: a message
+over 65,535 bytes is framed as a zero length (which simpletun's framing never
+uses) followed by a 4-byte big-endian length. A decoder accepts that only once
+told to (`big_limit`), and only then frames between `max_frame` and 65,535
+bytes too; plaintext never is. The decoder is pure: bytes in, whole
+frames out, and a FramingError naming what was wrong with the stream.
 """
 
 from __future__ import annotations
 
 from tunneld.limits import LENGTH_PREFIX, MAX_LENGTH_FIELD
+
+BIG_PREFIX = LENGTH_PREFIX + 4  # 0x0000, then a 4-byte length
 
 
 class FramingError(Exception):
@@ -20,12 +27,15 @@ class FramingError(Exception):
         super().__init__(detail)
 
 
-def encode(packet: bytes | memoryview) -> bytes:
-    """Header and packet in one buffer, so they go out in one write."""
+def encode(packet: bytes | memoryview, big: bool = False) -> bytes:
+    """Header and packet in one buffer, so they go out in one write. `big`: a
+    message over 65,535 bytes may use the big framing (see above)."""
     n = len(packet)
-    if not 0 < n <= MAX_LENGTH_FIELD:
-        raise ValueError(f"cannot frame a {n}-byte packet")
-    return n.to_bytes(LENGTH_PREFIX, "big") + packet
+    if 0 < n <= MAX_LENGTH_FIELD:
+        return n.to_bytes(LENGTH_PREFIX, "big") + packet
+    if big and n > MAX_LENGTH_FIELD and n < 1 << 32:
+        return bytes(LENGTH_PREFIX) + n.to_bytes(4, "big") + packet
+    raise ValueError(f"cannot frame a {n}-byte packet")
 
 
 class FrameDecoder:
@@ -40,6 +50,7 @@ class FrameDecoder:
         if not 0 < max_frame <= MAX_LENGTH_FIELD:
             raise ValueError(f"max_frame must be 1..{MAX_LENGTH_FIELD}, got {max_frame}")
         self.max_frame = max_frame
+        self.big_limit = 0  # > 0: big frames (over 65,535 bytes, up to this) are accepted
         self._buf = bytearray()
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
@@ -49,16 +60,25 @@ class FrameDecoder:
         pos, end = 0, len(buf)
         while end - pos >= LENGTH_PREFIX:
             n = (buf[pos] << 8) | buf[pos + 1]
+            prefix = LENGTH_PREFIX
             if n == 0:
-                del buf[:]
-                raise FramingError("zero-length", "zero-length frame")
-            if n > self.max_frame:
+                if not self.big_limit:
+                    del buf[:]
+                    raise FramingError("zero-length", "zero-length frame")
+                if end - pos < BIG_PREFIX:
+                    break
+                n = int.from_bytes(buf[pos + 2:pos + 6], "big")
+                if not MAX_LENGTH_FIELD < n <= self.big_limit:
+                    del buf[:]
+                    raise FramingError("oversize", f"{n}-byte big frame outside {MAX_LENGTH_FIELD + 1}..{self.big_limit}")
+                prefix = BIG_PREFIX
+            elif n > self.max_frame and not self.big_limit:  # agreed super-packets use any 2-byte length
                 del buf[:]
                 raise FramingError("oversize", f"{n}-byte frame exceeds the {self.max_frame}-byte limit")
-            stop = pos + LENGTH_PREFIX + n
+            stop = pos + prefix + n
             if stop > end:
                 break
-            frames.append(bytes(buf[pos + LENGTH_PREFIX:stop]))
+            frames.append(bytes(buf[pos + prefix:stop]))
             pos = stop
         if pos:
             del buf[:pos]

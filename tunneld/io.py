@@ -10,6 +10,7 @@ from typing import Any, Callable, Protocol
 
 Address = Any  # a socket address tuple as the transport reports it, or a fake's label
 OnMessage = Callable[[bytes | memoryview, Address], None]
+OnMessages = Callable[[list, Address], None]  # the messages one read brought, all from one address
 
 
 def format_address(addr: Address) -> str:
@@ -31,10 +32,12 @@ class Device(Protocol):
     blocks. The returned buffer may be reused by the next read, so use it first.
     `write(packet)` hands one whole packet to the interface: True when taken,
     False when the interface queue is full and the packet was dropped. Other
-    failures raise OSError.
+    failures raise OSError. With `vnet`, every packet read and written starts
+    with a virtio_net_hdr and may be a 64 KB super-packet (offload/).
     """
 
     name: str
+    vnet: bool
 
     def read(self) -> bytes | memoryview | None: ...
 
@@ -49,11 +52,16 @@ class Transport(Protocol):
     `send(message, addr)` sends one whole message: True when handed to the
     network, False when dropped because the link cannot take it now (no
     connection, a full queue). It never blocks and never buffers without bound.
-    Received messages are passed, whole and in order of arrival, to the
-    `on_message(message, addr)` callback given at construction; that buffer may
-    be reused after the callback returns.
+    `send_many(messages, addr)` sends a batch in as few system calls as the
+    transport can (UDP GSO, one TCP write) and returns how many it took, in
+    order: the rest were dropped. Received messages are passed, whole and in
+    order of arrival, to the `on_messages(messages, addr)` callback given at
+    construction, as many as one read brought; those buffers may be reused
+    after the callback returns.
     """
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool: ...
+
+    def send_many(self, messages: list, addr: Address) -> int: ...
 
     def close(self) -> None: ...

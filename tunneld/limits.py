@@ -43,6 +43,21 @@ def link_header(mode: str) -> int:
     return ETHERNET_HEADER + VLAN_ROOM if mode == "tap" else 0
 
 
+# Super-packets (IFF_VNET_HDR with TSO/USO, offload/)
+MAX_IP_PACKET = 65535  # bytes: an IP length field's ceiling, and so a TSO read's
+VNET_HEADER = 10  # bytes: struct virtio_net_hdr in front of every read and write
+MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS: datagrams one UDP GSO send may carry
+MAX_GSO_BYTES = 65000  # bytes of UDP payload in one GSO send (the limit is 65507 over IPv4)
+
+
+def device_buffer(mode: str, mtu: int, vnet: bool) -> int:
+    """The largest read or write on the device: a packet, or with a virtio header
+    a super-packet of up to 64 KB."""
+    if vnet:
+        return VNET_HEADER + link_header(mode) + MAX_IP_PACKET
+    return max_packet(mode, mtu)
+
+
 def max_packet(mode: str, mtu: int) -> int:
     """The largest whole packet (TUN) or frame (TAP) the interface can carry."""
     return mtu + link_header(mode)

@@ -29,6 +29,18 @@ def _update(csum: int, old: int, new: int) -> int:
     return ~_fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
 
 
+def is_syn(packet: bytes | bytearray | memoryview) -> bool:
+    """A TCP SYN or SYN-ACK (what clamp() may rewrite)."""
+    n = len(packet)
+    if n < 40:
+        return False
+    version = packet[0] >> 4
+    if version == 4:
+        tcp = (packet[0] & 0x0F) * 4
+        return packet[9] == TCP and n >= tcp + 20 and bool(packet[tcp + 13] & SYN)
+    return version == 6 and n >= 60 and packet[6] == TCP and bool(packet[53] & SYN)
+
+
 def clamp(packet: bytes | bytearray | memoryview, mss4: int, mss6: int) -> bytes | bytearray | memoryview:
     """The packet, with its MSS option lowered to the limit if it was higher:
     the same object when nothing changes, a new bytearray when something did."""

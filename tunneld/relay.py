@@ -1,7 +1,7 @@
 """The packet path: Device <-> core <-> Transport, one callback per readable fd.
 
-    device readable --device_readable()--> Tunnel.from_device --> Transport.send
-    transport message --message()--> Tunnel.from_network --> Device.write
+    device readable --device_readable()--> Tunnel.from_device --> Transport.send_many
+    transport batch --messages()--> Tunnel.from_network (each) --> end_batch --> Device.write
 
 Each callback drains a bounded burst, hands every packet to the core and carries
 out what the core asked for at once (so a reused read buffer is never held),
@@ -40,6 +40,7 @@ class Relay:
         self.arm = arm
         self.armed_at = float("inf")
         self.endpoint_seen = core.endpoint
+        self.big_frames = False  # told to a stream transport: the peer may send frames over 64 KB
 
     def device_readable(self) -> None:
         core, read = self.core, self.device.read
@@ -61,14 +62,27 @@ class Relay:
                 self._send(now)  # at once: the device's read buffer is reused by the next read
         self._carry_out(now)
 
-    def message(self, message: bytes | memoryview, addr: Address) -> None:
-        """A transport's on_message callback."""
+    def messages(self, batch, addr: Address) -> None:
+        """A transport's on_messages callback: what one read brought from `addr`
+        (a UDP GRO batch, the frames of one TCP read). The buffers may be reused
+        once this returns, so everything is carried out before it does."""
         core = self.core
         now = self.clock()
-        core.from_network(message, addr, now)
-        if core.endpoint is not self.endpoint_seen:  # the core replaces the object only when it moves
-            self._endpoint_changed()
+        for message in batch:
+            core.from_network(message, addr, now)
+            if core.endpoint is not self.endpoint_seen:  # the core replaces the object only when it moves
+                self._endpoint_changed()
+        core.end_batch()
+        if getattr(core.session, "offload_peer", False) is not self.big_frames:
+            self.big_frames = core.session.offload_peer
+            allow = getattr(self.transport, "allow_big_frames", None)
+            if allow is not None:
+                allow(self.big_frames)
         self._carry_out(now)
+
+    def message(self, message: bytes | memoryview, addr: Address) -> None:
+        """One message: a batch of one."""
+        self.messages((message,), addr)
 
     def _endpoint_changed(self) -> None:
         """The core follows the peer to a new address: a transport that cares (TCP
@@ -145,19 +159,31 @@ class Relay:
         self.endpoint_seen = None
 
     def _send(self, now: float) -> None:
+        """Runs of messages to one address go in one send_many (UDP GSO: one sendmsg)."""
         core = self.core
-        tx, send = core.counters.tx, self.transport.send
-        for message, addr in core.datagrams:
-            try:
-                if send(message, addr):
-                    tx.packets += 1
-                    tx.bytes += len(message)
-                else:
-                    tx.drops += 1
-            except OSError as e:
-                tx.errors += 1
-                core.note(now, "send", "warning", f"send to {format_address(addr)} failed: {e.strerror}")
-        core.datagrams.clear()
+        datagrams = core.datagrams
+        if len(datagrams) == 1:
+            message, addr = datagrams[0]
+            self._send_run([message], addr, now)
+        else:
+            start = 0
+            for i in range(1, len(datagrams) + 1):
+                if i == len(datagrams) or datagrams[i][1] != datagrams[start][1]:
+                    self._send_run([m for m, _ in datagrams[start:i]], datagrams[start][1], now)
+                    start = i
+        datagrams.clear()
+
+    def _send_run(self, run: list, addr: Address, now: float) -> None:
+        tx = self.core.counters.tx
+        try:
+            sent = self.transport.send_many(run, addr)
+        except OSError as e:
+            tx.errors += len(run)
+            self.core.note(now, "send", "warning", f"send to {format_address(addr)} failed: {e.strerror}")
+            return
+        tx.drops += len(run) - sent
+        tx.packets += sent
+        tx.bytes += sum(len(m) for m in run[:sent])
 
     def _deliver(self, now: float) -> None:
         core = self.core

@@ -30,7 +30,7 @@ def _sync(old, new, add, remove) -> bool:
 
 def restart_needed(old, new) -> str | None:
     """Why the new config cannot be applied live, or None."""
-    keys = _diff(old.interface, new.interface, ["name", "mode", "mtu", "mac", "bridge", "persistent", "clamp_mss"], "interface")
+    keys = _diff(old.interface, new.interface, ["name", "mode", "mtu", "mac", "bridge", "persistent", "clamp_mss", "offload"], "interface")
     keys += _diff(old.transport, new.transport, ["protocol", "listen"], "transport")
     if (old.encryption is None) != (new.encryption is None):
         keys.append("encryption")
@@ -77,7 +77,7 @@ async def apply_reload(daemon, new) -> list[str]:
     if ne is not None:
         if (oe.keys != ne.keys or oe.peer_public_key != ne.peer_public_key):
             from tunneld.daemon import make_session
-            core.replace_session(make_session(new, previous=core.session))
+            core.replace_session(make_session(new, previous=core.session, offload=core.vnet))
             changed.append("keys")
         elif old.transport.keepalive != new.transport.keepalive:
             core.session.persistent_keepalive = new.transport.keepalive

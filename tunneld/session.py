@@ -2,7 +2,13 @@
 
 The core hands every packet through a session with this contract:
 
-    seal(packet, now) -> message | None     None: staged or dropped by the session
+    seal(packet, now, flags) -> message | None
+                                            None: staged or dropped by the session;
+                                            flags: wg.constants.FLAG_* (a super-packet,
+                                            a partial checksum), only if sends_offload(now)
+    sends_offload(now)                      the peer takes those flags now
+    opened_flags                            the flags of the last opened packet
+    authenticated                           open() proves who sent what
     open(message, addr, now) -> packet | None
                                             None: nothing for the device; b"": a keepalive
     accepted_from                           the source of the last message the session
@@ -25,6 +31,8 @@ class PlaintextSession:
     so the core pins a plaintext tunnel to a configured peer."""
 
     padded = False
+    authenticated = False  # nothing proves who sent a packet
+    opened_flags = 0  # plaintext has no capabilities to negotiate
 
     def __init__(self) -> None:
         self.control: list = []
@@ -34,8 +42,11 @@ class PlaintextSession:
     def bind(self, counters, events, note) -> None:
         self.counters = counters
 
-    def seal(self, packet: bytes | memoryview, now: float) -> bytes | memoryview:
+    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | memoryview:
         return packet
+
+    def sends_offload(self, now: float) -> bool:
+        return False  # simpletun's wire: whole ordinary packets only
 
     def open(self, message: bytes | memoryview, addr, now: float) -> bytes | memoryview | None:
         if not message:  # an empty datagram carries no packet, and plaintext has no keepalives

@@ -15,9 +15,10 @@ authenticate:
   (CANDIDATES_MAX, CANDIDATES_PER_SOURCE from one IP) and short-lived
   (CANDIDATE_TIMEOUT), so strangers cannot cut the tunnel or hold the listener.
 
-    socket readable --_readable()--> FrameDecoder.feed --> on_message(frame, addr)
+    socket readable --_readable()--> FrameDecoder.feed --> on_messages(frames, addr)
     send(message) --> header+packet in one send(); the unsent tail waits in a
                       bounded per-connection queue; past it, whole frames drop
+    send_many(messages) --> all their frames in one send()
 A framing error (zero length, oversize, truncated) closes that connection only.
 """
 
@@ -32,8 +33,8 @@ from tunneld import framing, netaddr
 from tunneld.config import TransportConfig
 from tunneld.errors import StartupError
 from tunneld.framing import FrameDecoder, FramingError
-from tunneld.io import Address, OnMessage, format_address
-from tunneld.limits import (CONNECT_TIMEOUT, RECONNECT_INITIAL, RECONNECT_MAX,
+from tunneld.io import Address, OnMessages, format_address
+from tunneld.limits import (CONNECT_TIMEOUT, MAX_IP_PACKET, RECONNECT_INITIAL, RECONNECT_MAX,
                             TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES)
 
 log = logging.getLogger("tunneld")
@@ -43,6 +44,9 @@ CANDIDATES_PER_SOURCE = 2  # from one IP: a third closes that IP's oldest
 CANDIDATE_TIMEOUT = 5.0  # s (REKEY_TIMEOUT): a candidate that has not authenticated by then is closed
 KEEPALIVE = (15, 5, 3)  # s idle, s between probes, probes: a silent dead peer is noticed in ~30 s
 USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the kernel gives up
+# the largest message a super-packet makes: transport header, virtio header, a
+# 64 KB IP packet behind Ethernet and two VLAN tags, padding and its length, tag
+BIG_FRAME = 16 + 10 + 14 + 8 + MAX_IP_PACKET + 16 + 16
 
 
 class _Connection:
@@ -59,14 +63,15 @@ class _Connection:
 class TcpTransport:
     """Contract: `tunneld.io.Transport`, plus peer up/down callbacks."""
 
-    def __init__(self, cfg: TransportConfig, max_frame: int, on_message: OnMessage,
+    def __init__(self, cfg: TransportConfig, max_frame: int, on_messages: OnMessages,
                  on_up, on_down, on_error, *, authenticated: bool = False, note=None, counters=None):
         """`on_up(addr, dialled)`: a connection became the peer's. `authenticated`:
         the session proves who sent what, so new connections are candidates (above).
         `note(kind, level, text)`: a log line at most once per interval per kind."""
         self.cfg = cfg
         self.max_frame = max_frame
-        self.on_message, self.on_up, self.on_down, self.on_error = on_message, on_up, on_down, on_error
+        self.on_messages, self.on_up, self.on_down, self.on_error = on_messages, on_up, on_down, on_error
+        self.big_limit = 0  # > 0: frames over 64 KB, up to this, are accepted (allow_big_frames)
         self.authenticated = authenticated
         self.note = note or (lambda kind, level, text: log.info("%s", text))
         self.conn: _Connection | None = None
@@ -74,6 +79,7 @@ class TcpTransport:
         self.counters = counters  # the core's: candidates_refused is counted here
         self.listener: socket.socket | None = None
         self._buf = bytearray(max(TCP_RECV_CHUNK, max_frame + 2))
+        self.big_frame = BIG_FRAME if authenticated else 0  # the largest big frame we would accept
         self._view = memoryview(self._buf)
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future | None = None
@@ -82,9 +88,9 @@ class TcpTransport:
         self.family = netaddr.family_of(cfg.listen, cfg.remote)
 
     @classmethod
-    async def open(cls, cfg: TransportConfig, max_frame: int, on_message: OnMessage,
+    async def open(cls, cfg: TransportConfig, max_frame: int, on_messages: OnMessages,
                    on_up, on_down, on_error, **kw) -> "TcpTransport":
-        self = cls(cfg, max_frame, on_message, on_up, on_down, on_error, **kw)
+        self = cls(cfg, max_frame, on_messages, on_up, on_down, on_error, **kw)
         if cfg.listen is not None:
             self._listen()
         else:
@@ -96,6 +102,14 @@ class TcpTransport:
         drop, so no lookup is in flight in another thread when the uid changes)."""
         if self.cfg.remote is not None and self._task is None and not self._closed:
             self._task = asyncio.create_task(self._connect_loop(), name="tcp-connect")
+
+    def allow_big_frames(self, allow: bool) -> None:
+        """The session agreed on super-packets with the peer (or no longer has):
+        accept frames over 64 KB from now on (or not). Plaintext never does."""
+        self.big_limit = self.big_frame if allow else 0
+        for conn in [self.conn, *self.candidates.values()]:
+            if conn is not None:
+                conn.decoder.big_limit = self.big_limit
 
     # --- server side ----------------------------------------------------------
 
@@ -242,12 +256,14 @@ class TcpTransport:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT)
-        return _Connection(sock, addr, self.max_frame)
+        conn = _Connection(sock, addr, self.max_frame)
+        conn.decoder.big_limit = self.big_limit
+        return conn
 
     def _readable(self, conn: _Connection) -> None:
         if conn.closed:
             return
-        recv, view, deliver = conn.sock.recv_into, self._view, self.on_message
+        recv, view, deliver = conn.sock.recv_into, self._view, self.on_messages
         for _ in range(DRAIN_BURST):
             try:
                 n = recv(self._buf)
@@ -268,8 +284,8 @@ class TcpTransport:
                               "tcp-bad-frame")
                 self._lose(conn, f"bad frame: {e.kind}", quiet=True)
                 return
-            for frame in frames:
-                deliver(frame, conn.addr)
+            if frames:
+                deliver(frames, conn.addr)
                 if conn.closed:  # the callback closed it
                     return
 
@@ -281,12 +297,26 @@ class TcpTransport:
             conn = self.candidates.get(addr, conn)
         if conn is None:
             return False
+        return self._write(conn, framing.encode(message, self.big_frame > 0))
+
+    def send_many(self, messages: list, addr: Address) -> int:
+        """All their frames in one write (one entry of the backlog when it waits)."""
+        if len(messages) == 1:
+            return int(self.send(messages[0], addr))
+        conn = self.conn
+        if conn is None or conn.addr != addr:
+            conn = self.candidates.get(addr, conn)
+        if conn is None:
+            return 0
+        big = self.big_frame > 0
+        return len(messages) if self._write(conn, b"".join([framing.encode(m, big) for m in messages])) else 0
+
+    def _write(self, conn: _Connection, frame: bytes) -> bool:
         if conn.out:  # a backlog: keep the stream in order, bounded by whole frames
             if len(conn.out) >= TCP_SEND_QUEUE_FRAMES:
                 return False
-            conn.out.append(framing.encode(message))
+            conn.out.append(frame)
             return True
-        frame = framing.encode(message)
         try:
             n = conn.sock.send(frame)
         except BlockingIOError:

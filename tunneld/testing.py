@@ -1,6 +1,8 @@
 """In-memory fakes of the I/O contracts (`tunneld.io`), for tests of the core
 and of anything built on it. They pass the same contract tests as the real
-TUN/TAP device and the UDP/TCP transports (tests/test_contracts.py).
+TUN/TAP device and the UDP/TCP transports (tests/test_contracts.py), and like
+them they hand out views of one buffer that the next read overwrites: code
+that keeps a packet past its callback fails here as it would in production.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
-from tunneld.io import Address, OnMessage
+from tunneld.io import Address, OnMessages
 
 
 class MemoryDevice:
@@ -18,8 +20,12 @@ class MemoryDevice:
     `written` collects what the tunnel wrote to the interface. Set `full` to make
     writes report a full queue."""
 
-    def __init__(self, name: str = "mem0"):
+    vnet = False
+
+    def __init__(self, name: str = "mem0", max_read: int = 65536):
         self.name = name
+        self._buf = bytearray(max_read)
+        self._view = memoryview(self._buf)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.written: list[bytes] = []
         self.full = False
@@ -28,8 +34,12 @@ class MemoryDevice:
     def inject(self, packet: bytes) -> None:
         self.inbox.append(bytes(packet))
 
-    def read(self) -> bytes | None:
-        return self.inbox.popleft() if self.inbox else None
+    def read(self) -> memoryview | None:
+        if not self.inbox:
+            return None
+        packet = self.inbox.popleft()
+        self._buf[:len(packet)] = packet
+        return self._view[:len(packet)]
 
     def write(self, packet: bytes | memoryview) -> bool:
         if self.full:
@@ -53,8 +63,8 @@ class MemoryNetwork:
         self.loss: Callable[[bytes, Address, Address], bool] | None = None
         self.delivered = 0
 
-    def transport(self, address: Address, on_message: OnMessage | None = None) -> "MemoryTransport":
-        t = MemoryTransport(self, address, on_message)
+    def transport(self, address: Address, on_messages: OnMessages | None = None) -> "MemoryTransport":
+        t = MemoryTransport(self, address, on_messages)
         self.hosts[address] = t
         return t
 
@@ -68,24 +78,37 @@ class MemoryNetwork:
             if host is None or host.closed or (self.loss and self.loss(message, src, dst)):
                 continue
             self.delivered += 1
-            host.on_message(message, src)
+            host.receive(message, src)
         return n
 
 
 class MemoryTransport:
     """A Transport on a MemoryNetwork. Set `full` to make sends report a full queue."""
 
-    def __init__(self, network: MemoryNetwork, address: Address, on_message: OnMessage | None):
+    def __init__(self, network: MemoryNetwork, address: Address, on_messages: OnMessages | None):
         self.network, self.address = network, address
-        self.on_message = on_message or (lambda message, addr: None)
+        self.on_messages = on_messages or (lambda messages, addr: None)
         self.full = False
         self.closed = False
+        self._buf = bytearray(65536)  # one receive buffer, reused like a socket's
+        self._view = memoryview(self._buf)
+
+    def receive(self, message: bytes, src: Address) -> None:
+        """A batch of one, in the reused buffer."""
+        self._buf[:len(message)] = message
+        self.on_messages((self._view[:len(message)],), src)
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         if self.full or self.closed:
             return False
         self.network.in_flight.append((bytes(message), self.address, addr))
         return True
+
+    def send_many(self, messages: list, addr: Address) -> int:
+        for k, message in enumerate(messages):
+            if not self.send(message, addr):
+                return k
+        return len(messages)
 
     def move(self, address: Address) -> None:
         """The host gets a new address (a NAT rebinding, a roaming laptop)."""

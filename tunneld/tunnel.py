@@ -7,6 +7,16 @@
 No I/O and no clock: every entry point takes `now`; outputs are appended to
 `datagrams` (message, address), `packets` (for the device) and `events`
 (level, text) for the I/O side to carry out and clear. The counters live here.
+
+With a virtio-header device (`vnet`), a device read may be a 64 KB super-packet.
+It leaves whole when the session's keypair carries super-packets and the
+transport is a stream (TCP: one AEAD call, one frame); cut into segments with
+partial checksums, each with its own header, when that keypair goes over UDP
+(every datagram fits the MTU, so a loss costs one segment); and cut into
+ordinary packets with finished checksums for any other peer (WireGuard,
+simpletun, a tunneld without the capability). What arrives is checked
+(offload/virtio.py) and, when authenticated, TCP segments are joined again
+(offload/coalesce.py) until `end_batch()`.
 """
 
 from __future__ import annotations
@@ -14,8 +24,13 @@ from __future__ import annotations
 from tunneld.counters import Counters
 from tunneld.io import Address
 from tunneld.io import format_address as _fmt
-from tunneld.limits import ETHERNET_HEADER
+from tunneld.limits import ETHERNET_HEADER, VNET_HEADER
 from tunneld.mss import clamp as clamp_mss
+from tunneld.mss import is_syn
+from tunneld.offload import segment, virtio
+from tunneld.offload import layout
+from tunneld.offload.coalesce import Coalescer
+from tunneld.wg.constants import FLAG_PARTIAL, FLAG_VNET
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
 
@@ -23,15 +38,24 @@ LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per int
 class Tunnel:
     def __init__(self, session, mode: str, max_packet: int, *,
                  endpoint: Address | None = None, pinned: bool = False, allowed_ips=None,
-                 clamp: tuple[int, int] | None = None):
+                 clamp: tuple[int, int] | None = None, vnet: bool = False, mtu: int = 0,
+                 stream: bool = False):
         """`endpoint`: the peer to send to, if known in advance. `pinned`: accept
         nothing from any other address (plaintext UDP with a configured remote,
         like OpenVPN without --float); otherwise follow the source of every message
         the session accepts. `allowed_ips`: networks a TUN packet's inner source
         must be in (None: any). `clamp`: (IPv4, IPv6) MSS limits for TCP SYNs
-        crossing the tunnel either way (None: leave them alone)."""
+        crossing the tunnel either way (None: leave them alone). `vnet`: device
+        buffers start with a virtio header; `mtu`: the interface's; `stream`: the
+        transport carries messages of any size whole (TCP)."""
         self.session = session
         self.mode = mode
+        self.tap = mode == "tap"
+        self.vnet = vnet
+        self.mtu = mtu
+        self.stream = stream
+        # joins authenticated TCP segments; plaintext packets go out one by one
+        self.coalescer = Coalescer(self.tap, virtio.PLAIN) if vnet else None
         self.max_packet = max_packet
         self.min_packet = ETHERNET_HEADER if mode == "tap" else 1
         self.endpoint = endpoint
@@ -54,13 +78,58 @@ class Tunnel:
         if self.endpoint is None:
             self.counters.tx.drops += 1  # no peer to send to yet
             return
-        if self.clamp is not None:
-            packet = clamp_mss(packet, *self.clamp)
-        message = self.session.seal(packet, now)
-        if self.session.control:
+        session = self.session
+        if self.vnet:
+            self._from_vnet(packet, now)
+        else:
+            if self.clamp is not None:
+                packet = clamp_mss(packet, *self.clamp)
+            message = session.seal(packet, now)
+            if message is not None:
+                self.datagrams.append((message, self.endpoint))
+        if session.control:
             self._take_control()
-        if message is not None:
-            self.datagrams.append((message, self.endpoint))
+
+    def _from_vnet(self, buf: bytes | memoryview, now: float) -> None:
+        """A device read with its virtio header: see the module docstring."""
+        session, out, to = self.session, self.datagrams, self.endpoint
+        frame = buf[VNET_HEADER:]
+        if not buf[0] and not buf[1]:  # a plain packet with its checksum done: the common small case
+            if self.clamp is not None and is_syn(frame):
+                frame = clamp_mss(frame, *self.clamp)
+            message = session.seal(frame, now)
+            if message is not None:
+                out.append((message, to))
+            return
+        header = virtio.unpack(buf)
+        offload = session.sends_offload(now)
+        try:
+            if not header.gso:
+                flags = 0
+                if offload and not (self.clamp is not None and is_syn(frame)) and _partial_at_l4(frame, header, self.tap):
+                    flags = FLAG_PARTIAL  # the peer's kernel finishes it
+                else:  # finish it here (a SYN to clamp cannot keep a partial checksum either)
+                    frame = bytearray(frame)
+                    segment.finish(frame, header.csum_start, header.csum_offset)
+                    if self.clamp is not None:
+                        frame = clamp_mss(frame, *self.clamp)
+                message = session.seal(frame, now, flags)
+                if message is not None:
+                    out.append((message, to))
+                return
+            if offload and self.stream:  # whole, in one frame, with its header
+                message = session.seal(buf, now, FLAG_VNET)
+                if message is not None:
+                    out.append((message, to))
+                return
+            flags = FLAG_PARTIAL if offload else 0
+            for seg in segment.split(frame, header, self.tap, full=not offload):
+                message = session.seal(seg, now, flags)
+                if message is not None:
+                    out.append((message, to))
+        except segment.Unsplittable as e:
+            self.counters.tx.errors += 1
+            self.note(now, "device-offload", "warning", f"dropped a device packet: {e}")
 
     # --- network -> device ---------------------------------------------------
 
@@ -78,6 +147,15 @@ class Tunnel:
             self._take_control()
         if not packet:  # None: handled or refused by the session; b"": a keepalive
             return
+        header = None
+        flags = session.opened_flags
+        if flags & FLAG_VNET:  # the plaintext leads with a virtio header
+            if len(packet) <= VNET_HEADER:
+                rx.errors += 1
+                self.note(now, "malformed", "warning", f"dropped a {len(packet)}-byte message from {_fmt(addr)}: no room for its virtio header")
+                return
+            header = virtio.unpack(packet)
+            packet = memoryview(packet)[VNET_HEADER:]
         n = len(packet)
         if self.mode == "tun":
             version = packet[0] >> 4
@@ -101,13 +179,43 @@ class Tunnel:
                 rx.drops += 1
                 self.note(now, "allowed-ips", "warning", f"dropped a packet from {_fmt(addr)}: inner source outside allowed_ips")
                 return
-            if self.clamp is not None:
-                packet = clamp_mss(packet, *self.clamp)
-        elif not self.min_packet <= n <= self.max_packet:
+        elif n < self.min_packet or (n > self.max_packet and header is None):
             rx.errors += 1
             self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
             return
-        self.packets.append(packet)
+        if flags & FLAG_PARTIAL and header is None:  # where the checksum is follows from the packet
+            header = _partial_header(packet, self.tap)
+        if header is not None:
+            try:
+                header = virtio.check(header, packet, self.tap, self.mtu, self.max_packet)
+            except virtio.BadHeader as e:
+                rx.errors += 1
+                self.note(now, "bad-offload", "warning", f"dropped a packet from {_fmt(addr)} with a bad virtio header: {e}")
+                return
+            if header.flags and self.clamp is not None and not header.gso and is_syn(packet):
+                packet = bytearray(packet)
+                segment.finish(packet, header.csum_start, header.csum_offset)
+                header = None
+        if self.clamp is not None and header is None:
+            packet = clamp_mss(packet, *self.clamp)
+        coalescer = self.coalescer
+        if coalescer is None:
+            self.packets.append(packet)
+        elif header is not None and header.gso:
+            coalescer.add_whole(header.pack() + packet)
+        elif self._authenticated:
+            coalescer.add(packet, header.pack() if header is not None and header.flags else None)
+        else:
+            self.packets.append(virtio.PLAIN + packet)
+
+    def end_batch(self) -> None:
+        """The transport has handed over what one read brought: joined segments go out."""
+        if self.coalescer is not None and self.coalescer.out:
+            self.packets.extend(self.coalescer.flush())
+
+    @property
+    def _authenticated(self) -> bool:
+        return getattr(self.session, "authenticated", False)
 
     # --- live changes (reload) ------------------------------------------------
 
@@ -182,6 +290,22 @@ class Tunnel:
             self.counters.peer_changes += 1
             self.events.append(("info", f"peer moved from {_fmt(self.endpoint)} to {_fmt(addr)}"))
         self.endpoint = addr
+
+
+def _partial_at_l4(frame, header: virtio.Header, tap: bool) -> bool:
+    """A partial checksum where FLAG_PARTIAL says it is: in the TCP/UDP header."""
+    lay = layout.parse(frame, tap)
+    return lay is not None and header.csum_start == lay.l4 and \
+        header.csum_offset == (virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK)
+
+
+def _partial_header(frame, tap: bool) -> virtio.Header:
+    """The virtio header FLAG_PARTIAL stands for (virtio.check refuses a packet it does not fit)."""
+    lay = layout.parse(frame, tap)
+    if lay is None:
+        return virtio.Header(virtio.F_NEEDS_CSUM, 0, 0, 0, 0, 0)
+    offset = virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK
+    return virtio.Header(virtio.F_NEEDS_CSUM, 0, lay.headers, 0, lay.l4, offset)
 
 
 def _allowed_table(networks) -> dict[int, list[tuple[int, int]]]:

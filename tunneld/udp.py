@@ -1,7 +1,14 @@
-"""UDP transport: one packet per datagram. The only module that sends UDP.
+"""UDP transport: one message per datagram. The only module that sends UDP.
 
-    socket readable --_readable()--> on_message(view, addr)   (drains a burst)
+    socket readable --_readable()--> on_messages([views], addr)   (drains a burst)
     send(message, addr) --> sendto, or False when the socket buffer is full
+    send_many(messages, addr) --> one sendmsg per run of equal-size messages
+
+Batches cost one system call, not one per datagram: a run of messages of one
+size goes out in one sendmsg with UDP_SEGMENT (GSO: the kernel cuts it into
+the datagrams), and UDP_GRO lets one recvmsg return many datagrams from one
+sender, joined, with the size to cut them at. Neither changes the wire: every
+datagram is an ordinary one, so a peer without either sees nothing new.
 
 A listener binds two sockets to its port in one SO_REUSEPORT group, and the
 kernel steers the peer's datagrams into one and everyone else's into the other
@@ -21,30 +28,41 @@ import struct
 
 from tunneld import netaddr, steering
 from tunneld.config import TransportConfig
-from tunneld.io import Address, OnMessage, format_address
+from tunneld.io import Address, OnMessages, format_address
+
+from tunneld.limits import MAX_GSO_BYTES, MAX_SEGMENTS
 
 log = logging.getLogger("tunneld")
-DRAIN_BURST = 256  # datagrams per callback; the loop calls again while more wait
+DRAIN_BURST = 256  # reads per callback (each up to 64 datagrams); the loop calls again while more wait
 STRANGER_BURST = 64  # from the strangers' socket: the peer's socket is served between bursts
+SOL_UDP = 17
+UDP_SEGMENT = 103  # include/uapi/linux/udp.h; Python's socket module has no names for these
+UDP_GRO = 104
+GRO_BUFFER = 65536  # bytes: one GRO read is at most one 64 KB super-datagram
+ANCILLARY = socket.CMSG_SPACE(4)  # the UDP_GRO segment size, an int
 
 
 class UdpTransport:
     """Contract: `tunneld.io.Transport`."""
 
-    def __init__(self, sock: socket.socket, on_message: OnMessage, max_message: int,
+    def __init__(self, sock: socket.socket, on_messages: OnMessages, max_message: int,
                  on_error=None):
         self.sock = sock
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.on_error = on_error or (lambda text, kind=None: log.warning("%s", text))
         self.max_message = max_message
-        self._buf = bytearray(max_message + 1)  # one more: a longer datagram is refused, not cut
+        # one more than the largest datagram (a longer one is refused, not cut), or a GRO batch
+        self._buf = bytearray(max(GRO_BUFFER, max_message + 1))
         self._view = memoryview(self._buf)
+        self._bufs = [self._buf]
+        self.gso = True  # until the kernel refuses a UDP_SEGMENT send
+        self.gro = _enable_gro(sock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.strangers: socket.socket | None = None  # the second socket of a steered listener
         self.steered_to: bytes | None = None  # the peer IP the kernel steers by, None: by message type
 
     @classmethod
-    async def open(cls, cfg: TransportConfig, on_message: OnMessage, max_message: int,
+    async def open(cls, cfg: TransportConfig, on_messages: OnMessages, max_message: int,
                    on_error=None, steer: bool = False) -> tuple["UdpTransport", Address | None]:
         """Bind and start reading; returns the transport and the resolved remote (or None).
         `steer`: a listener keeps the peer's datagrams apart from strangers' (an
@@ -58,8 +76,10 @@ class UdpTransport:
             strangers, sock = _steered_pair(cfg, family)
         else:  # a client on an ephemeral port: nothing to steer (the port is not published)
             sock = _socket(family, cfg)
-        self = cls(sock, on_message, max_message, on_error)
+        self = cls(sock, on_messages, max_message, on_error)
         self.strangers = strangers
+        if strangers is not None:
+            _enable_gro(strangers)
         if strangers is not None and not self.steer(netaddr.packed_ip(remote) if remote else None):
             strangers.close()
             self.strangers = None
@@ -98,20 +118,28 @@ class UdpTransport:
             self.steer(ip)
 
     def _readable(self, sock: socket.socket, burst: int) -> None:
-        recv, buf, view, deliver = sock.recvfrom_into, self._buf, self._view, self.on_message
+        recv, bufs, view, deliver = sock.recvmsg_into, self._bufs, self._view, self.on_messages
         limit = self.max_message
         for _ in range(burst):
             try:
-                n, addr = recv(buf)
+                n, ancillary, _, addr = recv(bufs, ANCILLARY)
             except BlockingIOError:
                 return
             except OSError as e:  # e.g. an ICMP error queued on the socket
                 self.on_error(f"udp: receive failed: {netaddr.reason(e)}", "udp-receive")
                 return
-            if n > limit:
+            size = n
+            for level, kind, data in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    size = int.from_bytes(data[:4], "little") or n
+            if size > limit:
                 self.on_error(f"udp: dropped an oversize datagram from {format_address(addr)} (over {limit} bytes)", "udp-oversize")
                 continue
-            deliver(view[:n], addr)
+            if size >= n:
+                deliver((view[:n],), addr)
+            else:
+                whole = view[:n]
+                deliver([whole[i:i + size] for i in range(0, n, size)], addr)
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         try:
@@ -120,6 +148,48 @@ class UdpTransport:
             return False
         return True
 
+    def send_many(self, messages: list, addr: Address) -> int:
+        """Runs of equal-size messages (the last of a run may be shorter) in one
+        sendmsg each with UDP_SEGMENT; how many went, in order."""
+        count = len(messages)
+        if count == 1 or not self.gso:
+            return self._send_each(messages, addr)
+        sock, sent, i = self.sock, 0, 0
+        while i < count:
+            size = len(messages[i])
+            j, total = i + 1, size
+            while j < count and j - i < MAX_SEGMENTS and total + size <= MAX_GSO_BYTES and len(messages[j]) == size:
+                total += size
+                j += 1
+            if j < count and j - i < MAX_SEGMENTS and len(messages[j]) < size and total + len(messages[j]) <= MAX_GSO_BYTES:
+                j += 1  # a shorter message may end a run
+            try:
+                if j - i == 1:
+                    sock.sendto(messages[i], addr)
+                else:
+                    sock.sendmsg(messages[i:j], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
+            except BlockingIOError:
+                return sent
+            except OSError as e:
+                if j - i == 1 or not self.gso:
+                    raise
+                self.gso = False  # EIO, EINVAL: this socket's route cannot segment; say so once
+                log.warning("udp: the kernel refused UDP segmentation offload (%s); sending datagrams one by one",
+                            netaddr.reason(e))
+                return sent + self._send_each(messages[i:], addr)
+            sent += j - i
+            i = j
+        return sent
+
+    def _send_each(self, messages, addr: Address) -> int:
+        sendto = self.sock.sendto
+        for k, message in enumerate(messages):
+            try:
+                sendto(message, addr)
+            except BlockingIOError:
+                return k
+        return len(messages)
+
     def close(self) -> None:
         for sock in (self.sock, self.strangers):
             if sock is None:
@@ -127,6 +197,14 @@ class UdpTransport:
             if self._loop is not None and sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False  # an old kernel: one datagram per read, as before
+    return True
 
 
 def _socket(family: int, cfg: TransportConfig, reuseport: bool = False) -> socket.socket:

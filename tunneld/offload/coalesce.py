@@ -40,8 +40,8 @@ class Coalescer:
     (virtio header + packet), in an order that keeps every flow's own order."""
 
     def __init__(self, tap: bool, single: bytes):
-        """`single`: the header for a packet written alone (virtio.VALID when the
-        checksums are complete and authenticated, virtio.PLAIN otherwise)."""
+        """`single`: the header for a packet written alone with its own checksum
+        (virtio.PLAIN)."""
         self.tap = tap
         self.single = single
         self.out: list = []  # bytes ready for the device, or an open _Flow
@@ -101,6 +101,12 @@ class Coalescer:
             return a[l3 + 1] == b[l3 + 1] and a[l3 + 6] == b[l3 + 6] and a[l3 + 8:l3 + 10] == b[l3 + 8:l3 + 10] \
                 and a[l3 + 20:l4] == b[l3 + 20:l4]
         return a[l3:l3 + 4] == b[l3:l3 + 4] and a[l3 + 6:l3 + 8] == b[l3 + 6:l3 + 8]  # class, flow label, hop limit
+
+    def add_whole(self, buf: bytes) -> None:
+        """A device buffer (header and packet) that passes as it is: a super-packet
+        the peer sent whole. Open flows end here, so nothing overtakes it."""
+        self.open.clear()
+        self.out.append(buf)
 
     def flush(self) -> list[bytes]:
         out = self.out

@@ -22,6 +22,16 @@ REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 
 ZERO_KEYS_AFTER = 3 * REJECT_AFTER_TIME  # s without a new handshake: every key is zeroed
 
 PADDING_MULTIPLE = 16  # bytes
+# tunneld mode: capability bits in the second byte of handshake messages (bound
+# into the transcript, so authenticated). Both sides announcing a bit turns it on
+# for the keypair that handshake makes.
+CAP_SUPER_PACKETS = 0x01  # transport messages carry offload flags (below)
+# On a keypair with CAP_SUPER_PACKETS, a transport message's second byte says
+# what its plaintext is, and the 16-byte message header is the AEAD's associated
+# data, so the flags are authenticated and cost no byte of the MTU.
+FLAG_VNET = 0x01  # the plaintext leads with a virtio_net_hdr: a super-packet (TCP only)
+FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
+FLAGS_KNOWN = FLAG_VNET | FLAG_PARTIAL
 DEFAULT_MTU = 1420  # bytes
 
 # Handshakes per second above which responders ask for a cookie ("under load").

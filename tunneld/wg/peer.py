@@ -26,7 +26,7 @@ from typing import Callable
 from tunneld.io import Address
 from tunneld.io import format_address as _fmt
 from tunneld.wg import messages
-from tunneld.wg.constants import (COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
+from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS_KNOWN, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
                                   MESSAGE_RESPONSE, MESSAGE_TRANSPORT, PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
                                   REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
@@ -52,10 +52,10 @@ class Keypair:
     last reference to the AEAD objects is as close as we get to zeroing."""
 
     __slots__ = ("send", "recv", "send_counter", "replay", "created", "initiator",
-                 "local_index", "remote_prefix")
+                 "local_index", "remote_prefix", "offload")
 
     def __init__(self, send_key: bytes, recv_key: bytes, initiator: bool, created: float,
-                 local_index: int, remote_index: int):
+                 local_index: int, remote_index: int, offload: bool = False):
         self.send, self.recv = AEAD(send_key), AEAD(recv_key)
         self.send_counter = 0
         self.replay = ReplayWindow()
@@ -63,15 +63,18 @@ class Keypair:
         self.initiator = initiator
         self.local_index = local_index
         self.remote_prefix = messages.HEADER_TRANSPORT + remote_index.to_bytes(4, "little")
+        self.offload = offload  # both announced CAP_SUPER_PACKETS: messages carry flags, header authenticated
 
 
 class WireGuardSession:
     """A session with one peer. `compatible`: WireGuard's identifier and strict
     reserved bytes; otherwise tunneld's own identifier with header binding."""
 
+    authenticated = True
+
     def __init__(self, *, static_private: bytes, peer_public: bytes, psk: bytes | None,
                  compatible: bool, max_packet: int, persistent_keepalive: float | None = None,
-                 padding_trailer: bool = False,
+                 padding_trailer: bool = False, offload: bool = False,
                  wall_offset: float = 0.0, wall_clock: Callable[[], float] | None = None,
                  rng: Callable[[int], bytes] = os.urandom,
                  under_load_rate: int = UNDER_LOAD_HANDSHAKES_PER_SECOND):
@@ -81,9 +84,16 @@ class WireGuardSession:
         run). Without it, `now + wall_offset`, for tests on a fake clock.
         `padding_trailer` (tunneld mode, TAP): the padding's length travels as the
         plaintext's last byte, so a frame arrives byte for byte; an IP packet
-        needs none (its own length trims the padding, as WireGuard does)."""
+        needs none (its own length trims the padding, as WireGuard does).
+        `offload` (tunneld mode, a device with virtio headers): announce
+        CAP_SUPER_PACKETS; a keypair both sides announced it for carries
+        offload flags (constants.FLAG_*) in its transport messages."""
         if padding_trailer and compatible:
             raise ValueError("WireGuard's wire format has no padding trailer")
+        if offload and compatible:
+            raise ValueError("WireGuard's reserved bytes must stay zero")
+        self.capabilities = CAP_SUPER_PACKETS if offload else 0
+        self.opened_flags = 0  # the offload flags of the last opened transport message
         self.padding_trailer = padding_trailer
         self.padded = not padding_trailer  # the core trims TUN packets by their IP length
         self.compatible = compatible
@@ -142,13 +152,26 @@ class WireGuardSession:
 
     # --- sending -------------------------------------------------------------
 
-    def seal(self, packet: bytes | memoryview, now: float) -> bytes | None:
+    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | None:
+        """`flags` (constants.FLAG_*, only when `sends_offload(now)` said so): what
+        the packet is besides a whole plain one."""
         kp = self.current
         if self.staged or kp is None or not self._can_send(kp, now):
             self._stage(packet)
             self._send_staged(now)
             return None
-        return self._encrypt(kp, packet, now)
+        return self._encrypt(kp, packet, now, flags)
+
+    def sends_offload(self, now: float) -> bool:
+        """The next seal() goes out at once on a keypair that carries super-packets."""
+        kp = self.current
+        return kp is not None and kp.offload and not self.staged and self._can_send(kp, now)
+
+    @property
+    def offload_peer(self) -> bool:
+        """Some keypair carries super-packets: the peer may send them (a TCP
+        transport then accepts frames over 64 KB)."""
+        return any(kp is not None and kp.offload for kp in (self.current, self.next, self.previous))
 
     def _can_send(self, kp: Keypair, now: float) -> bool:
         return now - kp.created < REJECT_AFTER_TIME and kp.send_counter < REJECT_AFTER_MESSAGES
@@ -167,7 +190,7 @@ class WireGuardSession:
         while self.staged:
             self.control.append((self._encrypt(kp, self.staged.popleft(), now), None))
 
-    def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float) -> bytes:
+    def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes:
         n = len(packet)
         if self.padding_trailer:
             if n:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
@@ -180,7 +203,11 @@ class WireGuardSession:
             plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
         counter = kp.send_counter
         kp.send_counter = counter + 1
-        message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
+        if kp.offload:
+            header = bytes((MESSAGE_TRANSPORT, flags, 0, 0)) + kp.remote_prefix[4:] + counter.to_bytes(8, "little")
+            message = header + kp.send.seal(counter, plaintext, header)
+        else:
+            message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
         self._authenticated_sent(now)
         if n and self.t_new_handshake is None:  # data sent: expect an answer
             self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
@@ -204,7 +231,8 @@ class WireGuardSession:
         self.last_handshake_sent = now
         self._retried_for_cookie = False
         wall = self.wall_clock() if self.wall_clock is not None else now + self.wall_offset
-        body = self.handshake.create_initiation(wall, self._new_index())
+        header = bytes((MESSAGE_INITIATION, self.capabilities, 0, 0))
+        body = self.handshake.create_initiation(wall, self._new_index(), header)
         self.control.append((self.cookie_generator.add_macs(body, now), None))
         self._authenticated_sent(now)
         self.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
@@ -290,12 +318,13 @@ class WireGuardSession:
             self._auth_failed(now, addr, str(e))
             return
         self.last_initiation_consumed = now
-        body = self.handshake.create_response(self._new_index())
+        offload = self._agreed()
+        body = self.handshake.create_response(self._new_index(), bytes((MESSAGE_RESPONSE, self.capabilities, 0, 0)))
         response = self.cookie_generator.add_macs(body, now)
         hs = self.handshake
         local, remote = hs.local_index, hs.remote_index
         send, recv, _ = hs.derive_keys()
-        self.next = Keypair(send, recv, False, now, local, remote)  # used once the initiator confirms it
+        self.next = Keypair(send, recv, False, now, local, remote, offload)  # used once the initiator confirms it
         self.previous = None
         self.control.append((response, addr))
         self.last_handshake_sent = now
@@ -318,7 +347,7 @@ class WireGuardSession:
         hs = self.handshake
         local, remote = hs.local_index, hs.remote_index
         send, recv, _ = hs.derive_keys()
-        kp = Keypair(send, recv, True, now, local, remote)
+        kp = Keypair(send, recv, True, now, local, remote, self._agreed())
         if self.next is not None:
             self.previous, self.next = self.next, None
         else:
@@ -332,6 +361,11 @@ class WireGuardSession:
             self._send_staged(now)
         else:
             self._send_keepalive(now)  # lets the responder confirm the keypair
+
+    def _agreed(self) -> bool:
+        """Super-packets for the keypair of the handshake just consumed: both announced them."""
+        peer = self.handshake.peer_header
+        return bool(self.capabilities & CAP_SUPER_PACKETS and len(peer) == 4 and peer[1] & CAP_SUPER_PACKETS)
 
     def _receive_cookie_reply(self, message: bytes, addr: Address, now: float) -> None:
         receiver = int.from_bytes(message[4:8], "little")
@@ -358,7 +392,10 @@ class WireGuardSession:
             self.counters.rx.drops += 1
             return None
         try:
-            plaintext = kp.recv.open(counter, message[16:])
+            if kp.offload:
+                plaintext = kp.recv.open(counter, message[16:], bytes(message[:16]))
+            else:
+                plaintext = kp.recv.open(counter, message[16:])
         except InvalidTag:
             self._auth_failed(now, addr, "transport message that did not authenticate")
             return None
@@ -373,7 +410,13 @@ class WireGuardSession:
                 self.counters.rx.errors += 1
                 self.note(now, "trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer")
                 return None
+        flags = message[1] if kp.offload else 0
+        if flags & ~FLAGS_KNOWN:  # authentic, so a newer peer's idea: not ours to guess
+            self.counters.rx.errors += 1
+            self.note(now, "flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}")
+            return None
         self.accepted_from = addr
+        self.opened_flags = flags
         if kp is self.next:  # the initiator confirmed the keypair: rotate it in
             self.previous, self.current, self.next = self.current, kp, None
             self._handshake_complete(now, addr, "peer initiated")
