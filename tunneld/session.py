@@ -6,6 +6,8 @@ The core hands every packet through a session with this contract:
                                             None: staged or dropped by the session;
                                             flags: wg.constants.FLAG_* (a super-packet,
                                             a partial checksum), only if sends_offload(now)
+    seal_many(packets, now, flags) -> [message]
+                                            a batch (a super-packet's segments), in order
     sends_offload(now)                      the peer takes those flags now
     opened_flags                            the flags of the last opened packet
     authenticated                           open() proves who sent what
@@ -44,6 +46,9 @@ class PlaintextSession:
 
     def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | memoryview:
         return packet
+
+    def seal_many(self, packets, now: float, flags: int = 0) -> list:
+        return list(packets)
 
     def sends_offload(self, now: float) -> bool:
         return False  # simpletun's wire: whole ordinary packets only

@@ -122,11 +122,9 @@ class Tunnel:
                 if message is not None:
                     out.append((message, to))
                 return
-            flags = FLAG_PARTIAL if offload else 0
-            for seg in segment.split(frame, header, self.tap, full=not offload):
-                message = session.seal(seg, now, flags)
-                if message is not None:
-                    out.append((message, to))
+            messages = session.seal_many(segment.split(frame, header, self.tap, full=not offload), now,
+                                         FLAG_PARTIAL if offload else 0)
+            out.extend([(m, to) for m in messages])
         except segment.Unsplittable as e:
             self.counters.tx.errors += 1
             self.note(now, "device-offload", "warning", f"dropped a device packet: {e}")
@@ -183,11 +181,13 @@ class Tunnel:
             rx.errors += 1
             self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
             return
+        lay = None
         if flags & FLAG_PARTIAL and header is None:  # where the checksum is follows from the packet
-            header = _partial_header(packet, self.tap)
+            lay = layout.parse(packet, self.tap)
+            header = _partial_header(lay)
         if header is not None:
             try:
-                header = virtio.check(header, packet, self.tap, self.mtu, self.max_packet)
+                header = virtio.check(header, packet, self.tap, self.mtu, self.max_packet, lay)
             except virtio.BadHeader as e:
                 rx.errors += 1
                 self.note(now, "bad-offload", "warning", f"dropped a packet from {_fmt(addr)} with a bad virtio header: {e}")
@@ -204,7 +204,7 @@ class Tunnel:
         elif header is not None and header.gso:
             coalescer.add_whole(header.pack() + packet)
         elif self._authenticated:
-            coalescer.add(packet, header.pack() if header is not None and header.flags else None)
+            coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)
         else:
             self.packets.append(virtio.PLAIN + packet)
 
@@ -299,9 +299,8 @@ def _partial_at_l4(frame, header: virtio.Header, tap: bool) -> bool:
         header.csum_offset == (virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK)
 
 
-def _partial_header(frame, tap: bool) -> virtio.Header:
+def _partial_header(lay: layout.Layout | None) -> virtio.Header:
     """The virtio header FLAG_PARTIAL stands for (virtio.check refuses a packet it does not fit)."""
-    lay = layout.parse(frame, tap)
     if lay is None:
         return virtio.Header(virtio.F_NEEDS_CSUM, 0, 0, 0, 0, 0)
     offset = virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK

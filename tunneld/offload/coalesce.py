@@ -47,11 +47,12 @@ class Coalescer:
         self.out: list = []  # bytes ready for the device, or an open _Flow
         self.open: dict = {}
 
-    def add(self, frame: bytes | memoryview, header: bytes | None = None) -> None:
+    def add(self, frame: bytes | memoryview, header: bytes | None = None, lay: L.Layout | None = None) -> None:
         """One packet. `header`: its own virtio header, if it came with one (a
         tunneld peer's partial checksum, checked); otherwise `single` applies.
-        The frame must stay unchanged until flush(): it is joined then."""
-        lay = L.parse(frame, self.tap)
+        The frame must stay unchanged until flush(): it is joined then.
+        `lay`: layout.parse(frame), if the caller has it already."""
+        lay = lay or L.parse(frame, self.tap)
         if lay is None or lay.proto != L.TCP or lay.end != len(frame):
             self.out.append((header or self.single) + bytes(frame))
             return
@@ -85,7 +86,7 @@ class Coalescer:
     @staticmethod
     def _joins(flow: _Flow, frame, lay: L.Layout, payload_len: int) -> bool:
         a, b, fl = flow.first, frame, flow.lay
-        if lay != fl._replace(end=lay.end) or payload_len > flow.mss or len(flow.parts) >= MAX_SEGMENTS:
+        if lay[:5] != fl[:5] or payload_len > flow.mss or len(flow.parts) >= MAX_SEGMENTS:
             return False
         if fl.l4 - fl.l3 + fl.l4_len + flow.size + payload_len > MAX_IP:
             return False

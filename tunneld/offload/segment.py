@@ -11,11 +11,16 @@ expects ordinary packets) or left partial for a tunneld peer's kernel to finish.
 
 from __future__ import annotations
 
+import struct
+
 from tunneld.offload import checksum
 from tunneld.offload import layout as L
 from tunneld.offload.virtio import F_NEEDS_CSUM, GSO_NONE, TCP_CHECK, UDP_CHECK, Header
 
 TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
+_PACK_U16 = struct.Struct("!H")
+_PACK_U32 = struct.Struct("!I")
+_PACK_V4 = struct.Struct("!HH")  # IPv4 total length, identification
 
 
 class Unsplittable(ValueError):
@@ -52,40 +57,52 @@ def split(frame: bytes | bytearray | memoryview, header: Header, tap: bool, full
     ip_id = (frame[l3 + 4] << 8) | frame[l3 + 5] if v4 else 0
     seq = int.from_bytes(frame[l4 + 4:l4 + 8], "big") if tcp else 0
     flags = frame[l4 + 13] if tcp else 0
-    if v4:
-        template[l3 + 10:l3 + 12] = b"\0\0"
+    if v4:  # the header's sum without length, id and checksum: each segment adds its own
+        template[l3 + 2:l3 + 6] = bytes(4)
+        template[l3 + 10:l3 + 12] = bytes(2)
+        ip_base = checksum.add(template[l3:l4])
+    template[check_at:check_at + 2] = bytes(2)
+    if tcp:
+        template[l4 + 4:l4 + 8] = bytes(4)
+        template[l4 + 13] = 0
+    else:
+        template[l4 + 4:l4 + 6] = bytes(2)
+    l4_base = checksum.add(template[l4:]) if full else 0  # the transport header's fixed fields
     out = []
     starts = range(hl, end, mss)
     last = len(starts) - 1
+    pack = _PACK_U16.pack_into
     for i, start in enumerate(starts):
         stop = min(start + mss, end)
         l4_len = lay.l4_len + stop - start
         h = template[:]
         if v4:
-            h[l3 + 2:l3 + 4] = (l4 - l3 + l4_len).to_bytes(2, "big")
-            h[l3 + 4:l3 + 6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            h[l3 + 10:l3 + 12] = checksum.ipv4_header(h[l3:l4]).to_bytes(2, "big")
+            total, ident = l4 - l3 + l4_len, (ip_id + i) & 0xFFFF
+            _PACK_V4.pack_into(h, l3 + 2, total, ident)
+            pack(h, l3 + 10, checksum.finish(ip_base + total + ident))
         else:
-            h[l3 + 4:l3 + 6] = l4_len.to_bytes(2, "big")
+            pack(h, l3 + 4, l4_len)
         if tcp:
-            h[l4 + 4:l4 + 8] = ((seq + start - hl) & 0xFFFFFFFF).to_bytes(4, "big")
             f = flags
             if i:
                 f &= ~TCP_CWR
             if i != last:
                 f &= ~(TCP_FIN | TCP_PSH)
+            s32 = (seq + start - hl) & 0xFFFFFFFF
+            _PACK_U32.pack_into(h, l4 + 4, s32)
             h[l4 + 13] = f
+            varying = (s32 >> 16) + (s32 & 0xFFFF) + f  # the flags byte is the low half of its word
         else:
-            h[l4 + 4:l4 + 6] = l4_len.to_bytes(2, "big")
+            pack(h, l4 + 4, l4_len)
+            varying = l4_len
         pseudo = (pseudo_base + l4_len) % 0xFFFF or 0xFFFF
         if full:
-            h[check_at:check_at + 2] = b"\0\0"
-            value = checksum.finish(pseudo + checksum.add(h[l4:]) + checksum.add(frame[start:stop]))
+            value = checksum.finish(pseudo + l4_base + varying + checksum.add(frame[start:stop]))
             if not tcp and value == 0:
                 value = 0xFFFF  # UDP: 0 means "no checksum"
         else:
             value = pseudo
-        h[check_at:check_at + 2] = value.to_bytes(2, "big")
+        pack(h, check_at, value)
         h += frame[start:stop]
         out.append(h)
     return out

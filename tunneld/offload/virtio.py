@@ -58,11 +58,13 @@ class BadHeader(ValueError):
     """A header from the network that must not reach the kernel; str() says why."""
 
 
-def check(header: Header, frame: bytes | bytearray | memoryview, tap: bool, mtu: int, max_packet: int) -> Header:
+def check(header: Header, frame: bytes | bytearray | memoryview, tap: bool, mtu: int, max_packet: int,
+          lay: "L.Layout | None" = None) -> Header:
     """The header to write with `frame`, or BadHeader. `mtu`: the interface's
     (every segment of a super-packet must fit it); `max_packet`: the largest
     frame without segmentation (limits.max_packet). hdr_len is recomputed
-    from the packet itself (the peer's is a hint, and hints are not trusted)."""
+    from the packet itself (the peer's is a hint, and hints are not trusted).
+    `lay`: layout.parse(frame, tap), if the caller has it already."""
     flags, gso_type, _, gso_size, csum_start, csum_offset = header
     if flags & ~F_NEEDS_CSUM:
         raise BadHeader(f"flags {flags:#x}")
@@ -75,7 +77,7 @@ def check(header: Header, frame: bytes | bytearray | memoryview, tap: bool, mtu:
             raise BadHeader(f"{n}-byte packet over the {max_packet}-byte limit")
         if not flags:
             return Header(0, 0, 0, 0, 0, 0)
-        lay = L.parse(frame, tap)
+        lay = lay or L.parse(frame, tap)
         if lay is None:
             raise BadHeader("checksum offload on a packet that is not TCP or UDP over IP")
         _check_csum(lay, csum_start, csum_offset)
@@ -86,7 +88,7 @@ def check(header: Header, frame: bytes | bytearray | memoryview, tap: bool, mtu:
         raise BadHeader("ECN flag on UDP segmentation")
     if not flags & F_NEEDS_CSUM:
         raise BadHeader("segmentation without checksum offload")
-    lay = L.parse(frame, tap)
+    lay = lay or L.parse(frame, tap)
     if lay is None:
         raise BadHeader("segmentation of a packet that is not TCP or UDP over IP")
     want = {GSO_TCPV4: (4, L.TCP), GSO_TCPV6: (6, L.TCP)}.get(gso)

@@ -35,7 +35,7 @@ from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS
                                   UNDER_LOAD_HANDSHAKES_PER_SECOND, ZERO_KEYS_AFTER)
 from tunneld.wg.cookie import CookieChecker, CookieGenerator
 from tunneld.wg.noise import Handshake, HandshakeError, StaleHandshake, State
-from tunneld.wg.primitives import AEAD, InvalidTag
+from tunneld.wg.primitives import AEAD, NONCE, InvalidTag
 from tunneld.wg.ratelimiter import RateLimiter, TokenBucket, source_key
 from tunneld.wg.replay import ReplayWindow
 
@@ -191,30 +191,49 @@ class WireGuardSession:
             self.control.append((self._encrypt(kp, self.staged.popleft(), now), None))
 
     def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes:
-        n = len(packet)
-        if self.padding_trailer:
-            if n:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
-                k = -(n + 1) % PADDING_MULTIPLE
-                plaintext = bytes(packet) + bytes(k) + bytes((k,))
+        return self._encrypt_many(kp, (packet,), now, flags)[0]
+
+    def seal_many(self, packets, now: float, flags: int = 0) -> list[bytes]:
+        """seal() for a batch (the segments of one super-packet): the messages to
+        send now, in order. The per-batch work (timers, the rekey check) runs once."""
+        kp = self.current
+        if self.staged or kp is None or not self._can_send(kp, now) \
+                or kp.send_counter + len(packets) > REJECT_AFTER_MESSAGES:
+            return [m for m in (self.seal(p, now, flags) for p in packets) if m is not None]
+        return self._encrypt_many(kp, packets, now, flags)
+
+    def _encrypt_many(self, kp: Keypair, packets, now: float, flags: int = 0) -> list[bytes]:
+        out = []
+        counter = first = kp.send_counter
+        encrypt, nonce = kp.send.aead.encrypt, NONCE.pack
+        trailer, limit, offload = self.padding_trailer, self.max_packet, kp.offload
+        prefix = bytes((MESSAGE_TRANSPORT, flags, 0, 0)) + kp.remote_prefix[4:] if offload else kp.remote_prefix
+        data = False
+        for packet in packets:
+            n = len(packet)
+            if trailer:
+                if n:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
+                    k = -(n + 1) % PADDING_MULTIPLE
+                    plaintext = bytes(packet) + bytes(k) + bytes((k,))
+                else:
+                    plaintext = packet
             else:
-                plaintext = packet
-        else:
-            padded = min(n + (-n % PADDING_MULTIPLE), max(self.max_packet, n))
-            plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
-        counter = kp.send_counter
-        kp.send_counter = counter + 1
-        if kp.offload:
-            header = bytes((MESSAGE_TRANSPORT, flags, 0, 0)) + kp.remote_prefix[4:] + counter.to_bytes(8, "little")
-            message = header + kp.send.seal(counter, plaintext, header)
-        else:
-            message = kp.remote_prefix + counter.to_bytes(8, "little") + kp.send.seal(counter, plaintext)
+                padded = min(n + (-n % PADDING_MULTIPLE), max(limit, n))
+                plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
+            header = prefix + counter.to_bytes(8, "little")
+            # a keypair with offload flags authenticates its header (constants.FLAG_*)
+            out.append(header + encrypt(nonce(counter), plaintext, header if offload else None))
+            counter += 1
+            data = data or n > 0
+        kp.send_counter = counter
         self._authenticated_sent(now)
-        if n and self.t_new_handshake is None:  # data sent: expect an answer
+        if data and self.t_new_handshake is None:  # data sent: expect an answer
             self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         # keep the key fresh: the initiator of a keypair rekeys it after 120 s or 2^60 messages
-        if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter >= REKEY_AFTER_MESSAGES:
+        if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter - 1 >= REKEY_AFTER_MESSAGES or \
+                first >= REKEY_AFTER_MESSAGES:
             self._initiate(now, retry=False)
-        return message
+        return out
 
     def _initiate(self, now: float, retry: bool, gap: bool = True) -> None:
         """A new initiation; `gap=False` skips the 5 s spacing (a cookie to return,

@@ -19,7 +19,7 @@ __all__ = ["HASH", "HMAC", "MAC", "KDF1", "KDF2", "KDF3", "AEAD", "DH", "Invalid
            "xaead_seal", "xaead_open", "hchacha20", "tai64n", "generate_private", "public_of", "ZERO32"]
 
 ZERO32 = bytes(32)
-_NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then the little-endian 64-bit counter
+NONCE = _NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then the little-endian 64-bit counter
 
 
 def HASH(data: bytes) -> bytes:
@@ -56,17 +56,17 @@ def KDF3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
 class AEAD:
     """ChaCha20-Poly1305 under one key, reused for every message under it."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("aead",)
 
     def __init__(self, key: bytes):
-        self._aead = ChaCha20Poly1305(key)
+        self.aead = ChaCha20Poly1305(key)  # batch loops call it directly, nonce from NONCE
 
     def seal(self, counter: int, plaintext: bytes | memoryview, ad: bytes = b"") -> bytes:
-        return self._aead.encrypt(_NONCE.pack(counter), plaintext, ad)
+        return self.aead.encrypt(_NONCE.pack(counter), plaintext, ad)
 
     def open(self, counter: int, ciphertext: bytes | memoryview, ad: bytes = b"") -> bytes:
         """Raises InvalidTag when the message is not authentic."""
-        return self._aead.decrypt(_NONCE.pack(counter), ciphertext, ad)
+        return self.aead.decrypt(_NONCE.pack(counter), ciphertext, ad)
 
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
