@@ -193,6 +193,21 @@ class Lab:
         assert got[-2] == str(size), f"received {got[-2]} of {size} bytes"
         return sent[0], got[-1]
 
+    def udp_transfer(self, src_ns: str, dst_ns: str, dst_addr: str, size: int = 20_000_000,
+                     port: int = 5002) -> tuple[str, str]:
+        """Send `size` bytes over UDP with GSO through the tunnel (tests/helpers/udpxfer.py,
+        which resends what got lost); (sent sha256, received sha256)."""
+        out = self.tmp / f"{self.name('usink')}.out"
+        sink = self.spawn(dst_ns, sys.executable, str(HELPERS / "udpxfer.py"), "sink", dst_addr, str(port), str(size),
+                          stdout=open(out, "w"))
+        wait_for(lambda: "listening" in out.read_text(), 10, what="the UDP sink to listen")
+        sent = self.run(src_ns, sys.executable, str(HELPERS / "udpxfer.py"), "source", dst_addr, str(port), str(size),
+                        timeout=180).stdout.split()
+        sink.wait(60)
+        got = out.read_text().split()
+        assert got[-2] == str(size), f"received {got[-2]} of {size} bytes"
+        return sent[0], got[-1]
+
     def cleanup(self) -> None:
         for p in self.procs:
             if p.poll() is None:

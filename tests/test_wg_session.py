@@ -23,13 +23,16 @@ KEY_B = generate_private(bytes(range(32, 64)))
 
 class Site:
     def __init__(self, net, addr, clock, key, peer_key, *, endpoint=None, compatible=True, psk=None,
-                 keepalive=None, seed=0, under_load_rate=C.UNDER_LOAD_HANDSHAKES_PER_SECOND, allowed_ips=None):
+                 keepalive=None, seed=0, under_load_rate=C.UNDER_LOAD_HANDSHAKES_PER_SECOND, allowed_ips=None,
+                 offload=False):
         rng = random.Random(seed)
         self.session = WireGuardSession(static_private=key, peer_public=public_of(peer_key), psk=psk,
                                         compatible=compatible, max_packet=1420, persistent_keepalive=keepalive,
-                                        wall_offset=1.7e9, rng=rng.randbytes, under_load_rate=under_load_rate)
-        self.core = Tunnel(self.session, "tun", 1420, endpoint=endpoint, allowed_ips=allowed_ips)
-        self.device = MemoryDevice()
+                                        wall_offset=1.7e9, rng=rng.randbytes, under_load_rate=under_load_rate,
+                                        offload=offload)
+        self.core = Tunnel(self.session, "tun", 1420, endpoint=endpoint, allowed_ips=allowed_ips,
+                           vnet=offload, mtu=1420)
+        self.device = MemoryDevice(vnet=offload)
         self.relay = Relay(self.core, self.device, clock=clock)
         self.transport = net.transport(addr, self.relay.messages)
         self.relay.transport = self.transport
@@ -362,3 +365,82 @@ def test_junk_is_counted_and_never_answered():
     w.run(0)
     assert all(s == ("10.77.0.66", 1) for _, _, s, _ in w.sent)
     assert w.b.counters.rx.errors + w.b.counters.auth_failures == 6
+
+
+# --- super-packets: the capability, the flags, what reaches the device -------------------
+
+def _super_packet(size=20000):
+    """A TSO read as the device gives it: virtio header, then the super-packet."""
+    from tests.test_offload import payload, tcp_super
+    from tunneld.offload.virtio import Header
+    frame, l4 = tcp_super(4, payload(size))
+    return Header(1, 1, 0, 1368, l4, 16).pack() + frame, frame, Header(1, 1, 0, 1368, l4, 16)
+
+
+def _handshake(w):
+    from tunneld.offload.virtio import PLAIN
+    w.a.send(PLAIN + PING if w.a.device.vnet else PING)
+    w.run(1)
+    assert w.b.device.written == [PLAIN + PING if w.b.device.vnet else PING]
+
+
+def test_both_offload_agree_and_a_super_packet_arrives_joined():
+    from tunneld.offload import segment, virtio
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    assert w.a.session.current.offload and w.b.session.current.offload
+    w.b.device.written.clear()
+    since = w.clock.now
+    buf, frame, header = _super_packet()
+    w.a.send(buf)
+    w.run(0.1)
+    wire = [m for t, m, s, _ in w.sent if t >= since and s == A]
+    assert len(wire) == 15 and all(m[1] == C.FLAG_PARTIAL and len(m) <= 1420 + 32 for m in wire)
+    assert len(w.b.device.written) == 1  # joined again for one device write
+    out = w.b.device.written[0]
+    h = virtio.unpack(out)
+    assert h.gso == virtio.GSO_TCPV4
+    assert segment.split(out[10:], h, False, True) == segment.split(frame, header, False, True)
+    assert w.b.counters.super_writes == 1 and w.a.counters.super_reads == 1
+
+
+def test_a_peer_without_offload_gets_ordinary_packets():
+    from tests.test_offload import valid_l4
+    from tunneld.offload import segment
+    w = World(compatible=False, a_offload=True, b_offload=False)
+    _handshake(w)
+    assert not w.a.session.current.offload and not w.b.session.current.offload
+    w.b.device.written.clear()
+    since = w.clock.now
+    buf, frame, header = _super_packet()
+    w.a.send(buf)
+    w.run(0.1)
+    assert all(m[1:4] == b"\0\0\0" for t, m, s, _ in w.sent if t >= since and s == A)
+    assert w.b.device.written == [bytes(s) for s in segment.split(frame, header, False, True)]
+    assert all(valid_l4(p) for p in w.b.device.written)
+
+
+def test_offload_flags_are_authenticated():
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    since = w.clock.now
+    w.drop = lambda message, src, dst: src == A and message[0] == 4
+    buf, _, _ = _super_packet(3000)
+    w.a.send(buf)
+    w.run(0.1)
+    wire = [m for t, m, s, _ in w.sent if t >= since and s == A]
+    failures = w.b.counters.auth_failures
+    for m in wire:
+        flipped = bytes((m[0], m[1] ^ C.FLAG_VNET)) + m[2:]
+        w.net.transport(("10.77.0.66", 1)).send(flipped, B)  # an attacker's rewrite, from anywhere
+    w.drop = lambda message, src, dst: False
+    w.run(0.1)
+    assert w.b.counters.auth_failures == failures + len(wire)
+    assert w.b.device.written == []
+
+
+def test_wireguard_mode_never_announces_offload():
+    with pytest.raises(ValueError):
+        WireGuardSession(static_private=KEY_A, peer_public=public_of(KEY_B), psk=None, compatible=True,
+                         max_packet=1420, offload=True)

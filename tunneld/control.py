@@ -115,7 +115,8 @@ def format_status(st: dict) -> str:
     lines = [
         f"{st['name']}: {st['interface']} ({st['mode']}, mtu {st['mtu']}), {st['transport']}, {st['encryption']}",
         f"  peer: {peer}",
-        f"  offload: {st['offload']}" if st.get("offload") else "",
+        f"  offload: {st['offload']}; {st.get('super_reads', 0)} super-packets read, "
+        f"{st.get('super_writes', 0)} written" if st.get("offload") else "",
         f"  latest handshake: {'never' if hs is None else f'{hs:.0f} s ago'}" if st["encryption"] != "plaintext" else "",
         f"  rx: {st['rx']['packets']} packets, {st['rx']['bytes']} bytes, {st['rx']['drops']} drops, {st['rx']['errors']} errors",
         f"  tx: {st['tx']['packets']} packets, {st['tx']['bytes']} bytes, {st['tx']['drops']} drops, {st['tx']['errors']} errors",

@@ -28,9 +28,12 @@ class Counters:
     cookies_sent: int = 0  # cookie replies sent while under load
     handshakes_shed: int = 0  # handshake messages dropped unread by a rate limit or budget
     candidates_refused: int = 0  # TCP connections closed unauthenticated (too many, too slow)
+    super_reads: int = 0  # device reads that were TSO/USO super-packets
+    super_writes: int = 0  # device writes of super-packets (the peer's whole, or segments joined here)
 
     def summary(self) -> str:
         return (f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes, "
                 f"{self.handshakes} handshakes, {self.auth_failures} authentication failures, "
                 f"{self.cookies_sent} cookie replies, {self.handshakes_shed} handshake messages shed, "
-                f"{self.candidates_refused} TCP candidates refused")
+                f"{self.candidates_refused} TCP candidates refused, "
+                f"{self.super_reads} super-packets read, {self.super_writes} written")

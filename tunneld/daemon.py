@@ -230,6 +230,8 @@ class Daemon:
             "cookies_sent": c.cookies_sent,
             "handshakes_shed": c.handshakes_shed,
             "candidates_refused": c.candidates_refused,
+            "super_reads": c.super_reads,
+            "super_writes": c.super_writes,
             "handshakes": c.handshakes,
             "reconnects": c.reconnects,
             "peer_changes": c.peer_changes,

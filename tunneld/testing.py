@@ -20,10 +20,10 @@ class MemoryDevice:
     `written` collects what the tunnel wrote to the interface. Set `full` to make
     writes report a full queue."""
 
-    vnet = False
-
-    def __init__(self, name: str = "mem0", max_read: int = 65536):
+    def __init__(self, name: str = "mem0", max_read: int = 65600, vnet: bool = False):
+        """`vnet`: packets read and written carry a virtio header, as a device with offloads."""
         self.name = name
+        self.vnet = vnet
         self._buf = bytearray(max_read)
         self._view = memoryview(self._buf)
         self.inbox: collections.deque[bytes] = collections.deque()
@@ -69,16 +69,25 @@ class MemoryNetwork:
         return t
 
     def deliver(self, limit: int = 10_000) -> int:
-        """Deliver queued messages (and those their handling queues) until none are left."""
+        """Deliver queued messages (and those their handling queues) until none are
+        left. Consecutive messages from one source to one host arrive as one batch,
+        as a UDP GRO read brings them."""
         n = 0
         while self.in_flight and n < limit:
             message, src, dst = self.in_flight.popleft()
             n += 1
+            batch = [message]
+            while self.in_flight and self.in_flight[0][1:] == (src, dst) and len(batch) < 64:
+                batch.append(self.in_flight.popleft()[0])
+                n += 1
             host = self.hosts.get(dst)
-            if host is None or host.closed or (self.loss and self.loss(message, src, dst)):
+            if host is None or host.closed:
                 continue
-            self.delivered += 1
-            host.receive(message, src)
+            if self.loss:
+                batch = [m for m in batch if not self.loss(m, src, dst)]
+            if batch:
+                self.delivered += len(batch)
+                host.receive(batch, src)
         return n
 
 
@@ -90,13 +99,21 @@ class MemoryTransport:
         self.on_messages = on_messages or (lambda messages, addr: None)
         self.full = False
         self.closed = False
-        self._buf = bytearray(65536)  # one receive buffer, reused like a socket's
+        self._buf = bytearray()  # one receive buffer, reused like a socket's (grown when a batch needs it)
         self._view = memoryview(self._buf)
 
-    def receive(self, message: bytes, src: Address) -> None:
-        """A batch of one, in the reused buffer."""
-        self._buf[:len(message)] = message
-        self.on_messages((self._view[:len(message)],), src)
+    def receive(self, batch: list[bytes], src: Address) -> None:
+        """A batch, in the reused buffer."""
+        need = sum(len(m) for m in batch)
+        if need > len(self._buf):
+            self._buf = bytearray(max(need, 65536))
+            self._view = memoryview(self._buf)
+        views, pos = [], 0
+        for message in batch:
+            self._buf[pos:pos + len(message)] = message
+            views.append(self._view[pos:pos + len(message)])
+            pos += len(message)
+        self.on_messages(views, src)
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         if self.full or self.closed:

@@ -103,6 +103,8 @@ class Tunnel:
             return
         header = virtio.unpack(buf)
         offload = session.sends_offload(now)
+        if header.gso:
+            self.counters.super_reads += 1
         try:
             if not header.gso:
                 flags = 0
@@ -203,6 +205,7 @@ class Tunnel:
             self.packets.append(packet)
         elif header is not None and header.gso:
             coalescer.add_whole(header.pack() + packet)
+            self.counters.super_writes += 1
         elif self._authenticated:
             coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)
         else:
@@ -210,8 +213,10 @@ class Tunnel:
 
     def end_batch(self) -> None:
         """The transport has handed over what one read brought: joined segments go out."""
-        if self.coalescer is not None and self.coalescer.out:
-            self.packets.extend(self.coalescer.flush())
+        coalescer = self.coalescer
+        if coalescer is not None and coalescer.out:
+            self.counters.super_writes += coalescer.joined
+            self.packets.extend(coalescer.flush())
 
     @property
     def _authenticated(self) -> bool:

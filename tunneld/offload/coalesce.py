@@ -46,6 +46,7 @@ class Coalescer:
         self.single = single
         self.out: list = []  # bytes ready for the device, or an open _Flow
         self.open: dict = {}
+        self.joined = 0  # super-packets built by the flush to come
 
     def add(self, frame: bytes | memoryview, header: bytes | None = None, lay: L.Layout | None = None) -> None:
         """One packet. `header`: its own virtio header, if it came with one (a
@@ -70,6 +71,8 @@ class Coalescer:
         flow = self.open.get(key)
         if flow is not None:
             if self._joins(flow, frame, lay, payload_len):
+                if len(flow.parts) == 1:
+                    self.joined += 1
                 flow.parts.append(frame[lay.headers:lay.end])
                 flow.size += payload_len
                 flow.next_seq = (flow.next_seq + payload_len) & 0xFFFFFFFF
@@ -114,7 +117,7 @@ class Coalescer:
         for i, item in enumerate(out):
             if type(item) is _Flow:
                 out[i] = self._build(item)
-        self.out, self.open = [], {}
+        self.out, self.open, self.joined = [], {}, 0
         return out
 
     def _build(self, flow: _Flow) -> bytes:
