@@ -183,26 +183,20 @@ class Lab:
 
     def transfer(self, src_ns: str, dst_ns: str, dst_addr: str, size: int = 20_000_000, port: int = 5001) -> tuple[str, str]:
         """Send `size` pseudo-random bytes over TCP through the tunnel; (sent sha256, received sha256)."""
-        out = self.tmp / f"{self.name('sink')}.out"
-        sink = self.spawn(dst_ns, sys.executable, str(HELPERS / "xfer.py"), "sink", "::", str(port), stdout=open(out, "w"))
-        wait_for(lambda: "listening" in out.read_text(), 10, what="the sink to listen")
-        sent = self.run(src_ns, sys.executable, str(HELPERS / "xfer.py"), "source", dst_addr, str(port), str(size),
-                        timeout=180).stdout.split()
-        sink.wait(60)
-        got = out.read_text().split()
-        assert got[-2] == str(size), f"received {got[-2]} of {size} bytes"
-        return sent[0], got[-1]
+        return self._pump("xfer.py", src_ns, dst_ns, ("sink", "::", str(port)), ("source", dst_addr, str(port), str(size)), size)
 
     def udp_transfer(self, src_ns: str, dst_ns: str, dst_addr: str, size: int = 20_000_000,
                      port: int = 5002) -> tuple[str, str]:
         """Send `size` bytes over UDP with GSO through the tunnel (tests/helpers/udpxfer.py,
         which resends what got lost); (sent sha256, received sha256)."""
-        out = self.tmp / f"{self.name('usink')}.out"
-        sink = self.spawn(dst_ns, sys.executable, str(HELPERS / "udpxfer.py"), "sink", dst_addr, str(port), str(size),
-                          stdout=open(out, "w"))
-        wait_for(lambda: "listening" in out.read_text(), 10, what="the UDP sink to listen")
-        sent = self.run(src_ns, sys.executable, str(HELPERS / "udpxfer.py"), "source", dst_addr, str(port), str(size),
-                        timeout=180).stdout.split()
+        return self._pump("udpxfer.py", src_ns, dst_ns, ("sink", dst_addr, str(port), str(size)),
+                          ("source", dst_addr, str(port), str(size)), size)
+
+    def _pump(self, helper: str, src_ns: str, dst_ns: str, sink_args, source_args, size: int) -> tuple[str, str]:
+        out = self.tmp / f"{self.name('sink')}.out"
+        sink = self.spawn(dst_ns, sys.executable, str(HELPERS / helper), *sink_args, stdout=open(out, "w"))
+        wait_for(lambda: "listening" in out.read_text(), 10, what=f"the {helper} sink to listen")
+        sent = self.run(src_ns, sys.executable, str(HELPERS / helper), *source_args, timeout=180).stdout.split()
         sink.wait(60)
         got = out.read_text().split()
         assert got[-2] == str(size), f"received {got[-2]} of {size} bytes"

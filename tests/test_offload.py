@@ -169,13 +169,18 @@ def split_full(version, size, mss=None, **kw):
     return frame, segment.split(frame, Header(1, gso, 0, mss, l4, 16), tap=kw.get("tap", False), full=True)
 
 
+def joined(packets, tap=False) -> list[bytes]:
+    """What one batch of these packets becomes for the device."""
+    c = coalesce.Coalescer(tap=tap, single=virtio.PLAIN)
+    for p in packets:
+        c.add(bytes(p))
+    return c.flush()
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_coalesced_segments_split_back_to_the_same_segments(version):
     frame, segs = split_full(version, 40000)
-    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
-    for s in segs:
-        c.add(bytes(s))
-    out = c.flush()
+    out = joined(segs)
     assert len(out) == 1
     h = virtio.unpack(out[0])
     body = out[0][virtio.SIZE:]
@@ -187,10 +192,7 @@ def test_coalesced_segments_split_back_to_the_same_segments(version):
 
 def test_coalescing_stops_at_a_gap_and_keeps_order():
     _, segs = split_full(4, 10 * 1368)
-    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
-    for s in segs[:4] + segs[5:]:  # segment 4 lost
-        c.add(bytes(s))
-    out = c.flush()
+    out = joined(segs[:4] + segs[5:])  # segment 4 lost
     assert len(out) == 2
     firsts = [struct.unpack("!I", o[virtio.SIZE + 24:virtio.SIZE + 28])[0] for o in out]
     assert firsts == [1000, 1000 + 5 * 1368]
@@ -200,10 +202,7 @@ def test_other_packets_pass_alone_and_flows_stay_apart():
     _, a = split_full(4, 3 * 1368)
     _, b = split_full(6, 3 * 1368)
     udp, _ = udp_super(4, b"hello")
-    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
-    for x in (a[0], b[0], udp, a[1], b[1], a[2], b[2]):
-        c.add(bytes(x))
-    out = c.flush()
+    out = joined((a[0], b[0], udp, a[1], b[1], a[2], b[2]))
     assert len(out) == 3
     assert out[2] == virtio.PLAIN + udp
     assert [virtio.unpack(o).gso for o in out[:2]] == [1, 4]
@@ -219,18 +218,12 @@ def test_a_lone_segment_keeps_its_checksum_and_header():
 def test_psh_ends_a_super_packet():
     _, first = split_full(4, 2 * 1368, flags=0x18)  # PSH on its last segment
     _, second = split_full(4, 2 * 1368, seq=1000 + 2 * 1368, flags=0x10)
-    c = coalesce.Coalescer(tap=False, single=virtio.PLAIN)
-    for s in first + second:
-        c.add(bytes(s))
-    assert len(c.flush()) == 2
+    assert len(joined(first + second)) == 2
 
 
 def test_tap_frames_coalesce():
     frame, segs = split_full(4, 5 * 1448, mss=1448, tap=True, vlan=True)
-    c = coalesce.Coalescer(tap=True, single=virtio.PLAIN)
-    for s in segs:
-        c.add(bytes(s))
-    out = c.flush()
+    out = joined(segs, tap=True)
     assert len(out) == 1
     h = virtio.unpack(out[0])
     assert virtio.check(h, out[0][virtio.SIZE:], True, 1500, 1522) == h
