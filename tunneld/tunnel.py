@@ -27,8 +27,7 @@ from tunneld.io import format_address as _fmt
 from tunneld.limits import ETHERNET_HEADER, VNET_HEADER
 from tunneld.mss import clamp as clamp_mss
 from tunneld.mss import is_syn
-from tunneld.offload import segment, virtio
-from tunneld.offload import layout
+from tunneld.offload import layout, segment, virtio
 from tunneld.offload.coalesce import Coalescer
 from tunneld.wg.constants import FLAG_PARTIAL, FLAG_VNET
 
