@@ -181,3 +181,12 @@ def test_stream_peer_up_and_down():
     core.peer_down()
     core.peer_up(("10.77.0.1", 40001))
     assert core.counters.reconnects == 1
+
+
+def test_both_sessions_keep_the_session_contract():
+    from tunneld.session import PlaintextSession, Session
+    from tunneld.wg.peer import WireGuardSession
+    from tunneld.wg.primitives import generate_private, public_of
+    wg = WireGuardSession(static_private=generate_private(bytes(32)), peer_public=public_of(generate_private(bytes(range(32)))),
+                          psk=None, compatible=False, max_packet=1420)
+    assert isinstance(PlaintextSession(), Session) and isinstance(wg, Session)

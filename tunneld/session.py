@@ -27,6 +27,37 @@ simpletun; `tunneld.wg.peer.WireGuardSession` is WireGuard's protocol.
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Session(Protocol):
+    """The contract above, as a type the core is written against."""
+
+    padded: bool
+    authenticated: bool
+    opened_flags: int
+    accepted_from: Any
+    control: list
+
+    def bind(self, counters, events: list, note) -> None: ...
+
+    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | memoryview | None: ...
+
+    def seal_many(self, packets, now: float, flags: int = 0) -> list: ...
+
+    def sends_offload(self, now: float) -> bool: ...
+
+    def open(self, message: bytes | memoryview, addr, now: float) -> bytes | memoryview | None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float) -> None: ...
+
+    def kick(self, now: float) -> None: ...
+
+    def stream_up(self, now: float) -> None: ...
+
 
 class PlaintextSession:
     """No encryption: the message is the packet. Nothing here can be authenticated,

@@ -29,13 +29,14 @@ from tunneld.mss import clamp as clamp_mss
 from tunneld.mss import is_syn
 from tunneld.offload import layout, segment, virtio
 from tunneld.offload.coalesce import Coalescer
+from tunneld.session import Session
 from tunneld.wg.constants import FLAG_PARTIAL, FLAG_VNET
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
 
 
 class Tunnel:
-    def __init__(self, session, mode: str, max_packet: int, *,
+    def __init__(self, session: Session, mode: str, max_packet: int, *,
                  endpoint: Address | None = None, pinned: bool = False, allowed_ips=None,
                  clamp: tuple[int, int] | None = None, vnet: bool = False, mtu: int = 0,
                  stream: bool = False):
