@@ -245,7 +245,7 @@ class Daemon:
         if not device.vnet:
             return f"off ({device.fallback})"
         session = self.core.session
-        if getattr(session, "offload_peer", False):
+        if session.offload_peer:
             wire = "whole over tcp" if self.cfg.transport.protocol == "tcp" else "segments with partial checksums"
             return f"{device.offload_names}; peer takes super-packets ({wire})"
         return f"{device.offload_names}; cut into packets for the peer"

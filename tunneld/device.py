@@ -19,6 +19,7 @@ import os
 import struct
 
 from tunneld.errors import StartupError
+from tunneld.limits import device_buffer
 
 TUN_PATH = "/dev/net/tun"
 
@@ -83,7 +84,6 @@ class TunTap:
         """Create a device (name or the kernel's tun%d/tap%d) or, with `persistent`,
         attach to an existing persistent one, never creating it. `offload`: try
         IFF_VNET_HDR with TSO/USO first (see the module docstring)."""
-        from tunneld.limits import device_buffer
         if not offload:
             fd, actual = cls._attach(name, mode, persistent, 0)
             return cls(fd, actual, mode, device_buffer(mode, mtu, False), persistent, 0, "interface.offload is false")

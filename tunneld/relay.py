@@ -73,16 +73,12 @@ class Relay:
             if core.endpoint is not self.endpoint_seen:  # the core replaces the object only when it moves
                 self._endpoint_changed()
         core.end_batch()
-        if getattr(core.session, "offload_peer", False) is not self.big_frames:
+        if core.session.offload_peer is not self.big_frames:
             self.big_frames = core.session.offload_peer
             allow = getattr(self.transport, "allow_big_frames", None)
             if allow is not None:
                 allow(self.big_frames)
         self._carry_out(now)
-
-    def message(self, message: bytes | memoryview, addr: Address) -> None:
-        """One message: a batch of one."""
-        self.messages((message,), addr)
 
     def _endpoint_changed(self) -> None:
         """The core follows the peer to a new address: a transport that cares (TCP
@@ -162,15 +158,11 @@ class Relay:
         """Runs of messages to one address go in one send_many (UDP GSO: one sendmsg)."""
         core = self.core
         datagrams = core.datagrams
-        if len(datagrams) == 1:
-            message, addr = datagrams[0]
-            self._send_run([message], addr, now)
-        else:
-            start = 0
-            for i in range(1, len(datagrams) + 1):
-                if i == len(datagrams) or datagrams[i][1] != datagrams[start][1]:
-                    self._send_run([m for m, _ in datagrams[start:i]], datagrams[start][1], now)
-                    start = i
+        start = 0
+        for i in range(1, len(datagrams) + 1):
+            if i == len(datagrams) or datagrams[i][1] != datagrams[start][1]:
+                self._send_run([m for m, _ in datagrams[start:i]], datagrams[start][1], now)
+                start = i
         datagrams.clear()
 
     def _send_run(self, run: list, addr: Address, now: float) -> None:

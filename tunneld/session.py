@@ -10,6 +10,7 @@ The core hands every packet through a session with this contract:
                                             a batch (a super-packet's segments), in order
     sends_offload(now)                      the peer takes those flags now
     opened_flags                            the flags of the last opened packet
+    offload_peer                            some keypair carries super-packets
     authenticated                           open() proves who sent what
     open(message, addr, now) -> packet | None
                                             None: nothing for the device; b"": a keepalive
@@ -37,6 +38,7 @@ class Session(Protocol):
     padded: bool
     authenticated: bool
     opened_flags: int
+    offload_peer: bool
     accepted_from: Any
     control: list
 
@@ -66,6 +68,7 @@ class PlaintextSession:
     padded = False
     authenticated = False  # nothing proves who sent a packet
     opened_flags = 0  # plaintext has no capabilities to negotiate
+    offload_peer = False
 
     def __init__(self) -> None:
         self.control: list = []

@@ -30,12 +30,12 @@ import logging
 import socket
 
 from tunneld import framing, netaddr
-from tunneld.config import TransportConfig
+from tunneld.config import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM, TransportConfig
 from tunneld.errors import StartupError
 from tunneld.framing import FrameDecoder, FramingError
 from tunneld.io import Address, OnMessages, format_address
 from tunneld.limits import (CONNECT_TIMEOUT, MAX_IP_PACKET, RECONNECT_INITIAL, RECONNECT_MAX,
-                            TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES)
+                            TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES, VNET_HEADER, link_header)
 
 log = logging.getLogger("tunneld")
 DRAIN_BURST = 64  # reads per callback; the loop calls again while more wait
@@ -44,9 +44,9 @@ CANDIDATES_PER_SOURCE = 2  # from one IP: a third closes that IP's oldest
 CANDIDATE_TIMEOUT = 5.0  # s (REKEY_TIMEOUT): a candidate that has not authenticated by then is closed
 KEEPALIVE = (15, 5, 3)  # s idle, s between probes, probes: a silent dead peer is noticed in ~30 s
 USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the kernel gives up
-# the largest message a super-packet makes: transport header, virtio header, a
-# 64 KB IP packet behind Ethernet and two VLAN tags, padding and its length, tag
-BIG_FRAME = 16 + 10 + 14 + 8 + MAX_IP_PACKET + 16 + 16
+# the largest message a super-packet makes: transport header and tag, TAP padding
+# and its length, virtio header, a 64 KB IP packet behind Ethernet and two VLAN tags
+BIG_FRAME = ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM + VNET_HEADER + link_header("tap") + MAX_IP_PACKET
 
 
 class _Connection:
@@ -292,9 +292,7 @@ class TcpTransport:
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         """To the peer's connection; a message addressed to a candidate (a handshake
         response) goes to that candidate."""
-        conn = self.conn
-        if conn is None or conn.addr != addr:
-            conn = self.candidates.get(addr, conn)
+        conn = self._conn_for(addr)
         if conn is None:
             return False
         return self._write(conn, framing.encode(message, self.big_frame > 0))
@@ -303,13 +301,18 @@ class TcpTransport:
         """All their frames in one write (one entry of the backlog when it waits)."""
         if len(messages) == 1:
             return int(self.send(messages[0], addr))
-        conn = self.conn
-        if conn is None or conn.addr != addr:
-            conn = self.candidates.get(addr, conn)
+        conn = self._conn_for(addr)
         if conn is None:
             return 0
         big = self.big_frame > 0
         return len(messages) if self._write(conn, b"".join([framing.encode(m, big) for m in messages])) else 0
+
+    def _conn_for(self, addr: Address) -> _Connection | None:
+        """The peer's connection, or the candidate `addr` names (a handshake response goes there)."""
+        conn = self.conn
+        if conn is None or conn.addr != addr:
+            conn = self.candidates.get(addr, conn)
+        return conn
 
     def _write(self, conn: _Connection, frame: bytes) -> bool:
         if conn.out:  # a backlog: keep the stream in order, bounded by whole frames

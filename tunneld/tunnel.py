@@ -78,28 +78,28 @@ class Tunnel:
         if self.endpoint is None:
             self.counters.tx.drops += 1  # no peer to send to yet
             return
-        session = self.session
         if self.vnet:
             self._from_vnet(packet, now)
         else:
             if self.clamp is not None:
                 packet = clamp_mss(packet, *self.clamp)
-            message = session.seal(packet, now)
-            if message is not None:
-                self.datagrams.append((message, self.endpoint))
-        if session.control:
+            self._seal(packet, now)
+        if self.session.control:
             self._take_control()
+
+    def _seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
+        message = self.session.seal(packet, now, flags)
+        if message is not None:
+            self.datagrams.append((message, self.endpoint))
 
     def _from_vnet(self, buf: bytes | memoryview, now: float) -> None:
         """A device read with its virtio header: see the module docstring."""
-        session, out, to = self.session, self.datagrams, self.endpoint
+        session = self.session
         frame = buf[VNET_HEADER:]
         if not buf[0] and not buf[1]:  # a plain packet with its checksum done: the common small case
             if self.clamp is not None and is_syn(frame):
                 frame = clamp_mss(frame, *self.clamp)
-            message = session.seal(frame, now)
-            if message is not None:
-                out.append((message, to))
+            self._seal(frame, now)
             return
         header = virtio.unpack(buf)
         offload = session.sends_offload(now)
@@ -115,18 +115,15 @@ class Tunnel:
                     segment.finish(frame, header.csum_start, header.csum_offset)
                     if self.clamp is not None:
                         frame = clamp_mss(frame, *self.clamp)
-                message = session.seal(frame, now, flags)
-                if message is not None:
-                    out.append((message, to))
+                self._seal(frame, now, flags)
                 return
             if offload and self.stream:  # whole, in one frame, with its header
-                message = session.seal(buf, now, FLAG_VNET)
-                if message is not None:
-                    out.append((message, to))
+                self._seal(buf, now, FLAG_VNET)
                 return
             messages = session.seal_many(segment.split(frame, header, self.tap, full=not offload), now,
                                          FLAG_PARTIAL if offload else 0)
-            out.extend([(m, to) for m in messages])
+            to = self.endpoint
+            self.datagrams.extend([(m, to) for m in messages])
         except segment.Unsplittable as e:
             self.counters.tx.errors += 1
             self.note(now, "device-offload", "warning", f"dropped a device packet: {e}")
@@ -186,7 +183,7 @@ class Tunnel:
         lay = None
         if flags & FLAG_PARTIAL and header is None:  # where the checksum is follows from the packet
             lay = layout.parse(packet, self.tap)
-            header = _partial_header(lay)
+            header = virtio.partial(lay)
         if header is not None:
             try:
                 header = virtio.check(header, packet, self.tap, self.mtu, self.max_packet, lay)
@@ -206,7 +203,7 @@ class Tunnel:
         elif header is not None and header.gso:
             coalescer.add_whole(header.pack() + packet)
             self.counters.super_writes += 1
-        elif self._authenticated:
+        elif session.authenticated:
             coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)
         else:
             self.packets.append(virtio.PLAIN + packet)
@@ -217,10 +214,6 @@ class Tunnel:
         if coalescer is not None and coalescer.out:
             self.counters.super_writes += coalescer.joined
             self.packets.extend(coalescer.flush())
-
-    @property
-    def _authenticated(self) -> bool:
-        return getattr(self.session, "authenticated", False)
 
     # --- live changes (reload) ------------------------------------------------
 
@@ -300,16 +293,8 @@ class Tunnel:
 def _partial_at_l4(frame, header: virtio.Header, tap: bool) -> bool:
     """A partial checksum where FLAG_PARTIAL says it is: in the TCP/UDP header."""
     lay = layout.parse(frame, tap)
-    return lay is not None and header.csum_start == lay.l4 and \
-        header.csum_offset == (virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK)
-
-
-def _partial_header(lay: layout.Layout | None) -> virtio.Header:
-    """The virtio header FLAG_PARTIAL stands for (virtio.check refuses a packet it does not fit)."""
-    if lay is None:
-        return virtio.Header(virtio.F_NEEDS_CSUM, 0, 0, 0, 0, 0)
-    offset = virtio.TCP_CHECK if lay.proto == layout.TCP else virtio.UDP_CHECK
-    return virtio.Header(virtio.F_NEEDS_CSUM, 0, lay.headers, 0, lay.l4, offset)
+    want = virtio.partial(lay)
+    return lay is not None and (header.csum_start, header.csum_offset) == (want.csum_start, want.csum_offset)
 
 
 def _allowed_table(networks) -> dict[int, list[tuple[int, int]]]:

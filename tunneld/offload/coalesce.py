@@ -12,13 +12,13 @@ A PSH, a short segment or anything else ends the flow's super-packet.
 
 from __future__ import annotations
 
+from tunneld.limits import MAX_IP_PACKET
 from tunneld.offload import checksum
 from tunneld.offload import layout as L
 from tunneld.offload.virtio import (F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CHECK,
                                     Header)
 
 MAX_SEGMENTS = 64  # the kernel's default gso_max_segs is higher; 64 keeps a write bounded
-MAX_IP = 65535  # an IP length field's limit
 TCP_PSH = 0x08
 TCP_ACK = 0x10
 
@@ -91,7 +91,7 @@ class Coalescer:
         a, b, fl = flow.first, frame, flow.lay
         if lay[:5] != fl[:5] or payload_len > flow.mss or len(flow.parts) >= MAX_SEGMENTS:
             return False
-        if fl.l4 - fl.l3 + fl.l4_len + flow.size + payload_len > MAX_IP:
+        if fl.l4 - fl.l3 + fl.l4_len + flow.size + payload_len > MAX_IP_PACKET:
             return False
         l3, l4 = lay.l3, lay.l4
         if int.from_bytes(b[l4 + 4:l4 + 8], "big") != flow.next_seq:

@@ -15,7 +15,7 @@ import struct
 
 from tunneld.offload import checksum
 from tunneld.offload import layout as L
-from tunneld.offload.virtio import F_NEEDS_CSUM, GSO_NONE, TCP_CHECK, UDP_CHECK, Header
+from tunneld.offload.virtio import TCP_CHECK, UDP_CHECK, Header
 
 TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 _PACK_U16 = struct.Struct("!H")
@@ -40,7 +40,7 @@ def finish(frame: bytearray, csum_start: int, csum_offset: int) -> None:
 def split(frame: bytes | bytearray | memoryview, header: Header, tap: bool, full: bool) -> list[bytearray]:
     """The packets (TUN) or frames (TAP) a super-packet stands for. `full`: each
     with its finished checksum; otherwise each keeps a partial one, described by
-    `segment_header(...)`."""
+    `virtio.partial(...)`."""
     lay = L.parse(frame, tap)
     if lay is None:
         raise Unsplittable("a super-packet that is not TCP or UDP over IP")
@@ -106,11 +106,3 @@ def split(frame: bytes | bytearray | memoryview, header: Header, tap: bool, full
         h += frame[start:stop]
         out.append(h)
     return out
-
-
-def segment_header(frame: bytes | bytearray | memoryview, tap: bool) -> Header:
-    """The header of one segment `split(..., full=False)` made: a plain packet
-    whose checksum the receiving kernel finishes."""
-    lay = L.parse(frame, tap)
-    offset = TCP_CHECK if lay.proto == L.TCP else UDP_CHECK
-    return Header(F_NEEDS_CSUM, GSO_NONE, lay.headers, 0, lay.l4, offset)

@@ -108,6 +108,15 @@ def check(header: Header, frame: bytes | bytearray | memoryview, tap: bool, mtu:
     return Header(F_NEEDS_CSUM, gso_type, lay.headers, gso_size, csum_start, csum_offset)
 
 
+def partial(lay: L.Layout | None) -> Header:
+    """The header of a plain packet whose TCP/UDP checksum is left partial (what
+    FLAG_PARTIAL stands for). For anything not TCP or UDP over IP (`lay` None) a
+    header check() refuses."""
+    if lay is None:
+        return Header(F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0)
+    return Header(F_NEEDS_CSUM, GSO_NONE, lay.headers, 0, lay.l4, TCP_CHECK if lay.proto == L.TCP else UDP_CHECK)
+
+
 def _check_csum(lay: L.Layout, csum_start: int, csum_offset: int) -> None:
     offset = TCP_CHECK if lay.proto == L.TCP else UDP_CHECK
     if csum_start != lay.l4 or csum_offset != offset:

@@ -204,7 +204,7 @@ class WireGuardSession:
 
     def _encrypt_many(self, kp: Keypair, packets, now: float, flags: int = 0) -> list[bytes]:
         out = []
-        counter = first = kp.send_counter
+        counter = kp.send_counter
         encrypt, nonce = kp.send.aead.encrypt, NONCE.pack
         trailer, limit, offload = self.padding_trailer, self.max_packet, kp.offload
         prefix = bytes((MESSAGE_TRANSPORT, flags, 0, 0)) + kp.remote_prefix[4:] if offload else kp.remote_prefix
@@ -230,8 +230,7 @@ class WireGuardSession:
         if data and self.t_new_handshake is None:  # data sent: expect an answer
             self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         # keep the key fresh: the initiator of a keypair rekeys it after 120 s or 2^60 messages
-        if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter - 1 >= REKEY_AFTER_MESSAGES or \
-                first >= REKEY_AFTER_MESSAGES:
+        if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter - 1 >= REKEY_AFTER_MESSAGES:
             self._initiate(now, retry=False)
         return out
 
