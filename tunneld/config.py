@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tunneld import limits
+from tunneld import limits, routing
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,6 +71,7 @@ class TransportConfig:
     listen: Endpoint | None
     remote: Endpoint | None
     keepalive: int | None = None  # s: persistent keepalive (encrypted modes)
+    fwmark: int | None = None  # SO_MARK on our sockets; with a /0 route also the full tunnel's table
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,15 @@ class Config:
     run_as: RunAs | None = None
     hooks: Hooks = Hooks()
     metrics: Endpoint | None = None  # Prometheus text on http://listen/metrics
+    name_key: str | None = None  # `name:` as written; None: the file's stem
 
     @property
     def name(self) -> str:
-        """The instance name: the config file's name without .yaml (london.yaml: london)."""
-        base = os.path.basename(self.source)
-        return base.rsplit(".", 1)[0] if "." in base else base
+        """The instance name (control socket /run/tunneld/NAME.sock): `name:`, or
+        the config file's name without .yaml (london.yaml: london)."""
+        if self.name_key is not None:
+            return self.name_key
+        return stem(self.source)
 
     @property
     def max_message(self) -> int:
@@ -128,6 +132,11 @@ class Config:
             return self.interface.max_packet
         return max(self.interface.max_packet + encryption_overhead(self.interface.mode, self.encryption.wireguard_compatible),
                    INITIATION_SIZE)
+
+
+def stem(path: str) -> str:
+    base = os.path.basename(path)
+    return base.rsplit(".", 1)[0] if "." in base else base
 
 
 ENCRYPTION_OVERHEAD = 32  # bytes: WireGuard transport header (16) + Poly1305 tag (16)
@@ -290,6 +299,87 @@ def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str
             _record_lines(item, f"{path}[{i}]", lines, source)
 
 
+# --- every key: its type, default, whether a reload applies it, and what it does ---
+# The parser takes the keys it accepts from here, and tunneld.yaml(5) is made
+# from it (scripts/docs), so the manual cannot miss a key the parser knows.
+
+
+@dataclass(frozen=True)
+class Key:
+    path: str
+    type: str
+    default: str  # "" when required
+    reload: bool  # a reload applies a change; otherwise a change needs a restart
+    text: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("name", "string", "the file name without .yaml", False,
+        "The instance name: the control socket is /run/tunneld/NAME.sock and `tunneld status NAME` finds it. "
+        "Two tunnels on one machine need two names, even in different network namespaces. "
+        "Letters, digits, '.', '_' and '-'. Under tunneld@NAME.service it must be NAME."),
+    Key("log_level", "debug | info | warning | error", "info", True,
+        "How much goes to the journal. `-v` or `--log-level` on the command line overrides it."),
+    Key("interface", "mapping", "", False, "The TUN or TAP device."),
+    Key("interface.mode", "tun | tap", "", False, "tun carries IP packets (layer 3), tap Ethernet frames (layer 2)."),
+    Key("interface.name", "string", "the kernel picks tun0, tap0, ...", False,
+        "The device name, at most 15 bytes; tun%d lets the kernel number it."),
+    Key("interface.mtu", "integer", "1420 (tun), 1500 (tap)", False, "The device MTU, 576 to 65535 (1280 or more with IPv6)."),
+    Key("interface.addresses", "list of address/prefix", "none", True,
+        "Addresses put on the device, IPv4 or IPv6, like 10.0.0.1/24."),
+    Key("interface.routes", "list of network/prefix", "none", True,
+        "Routes through the device. 0.0.0.0/0 or ::/0 sends everything through the tunnel (full tunnel): "
+        "the default route goes into table transport.fwmark, with the rules `not fwmark M table M` and "
+        "`table main suppress_prefixlength 0`, so the tunnel's own packets keep the underlay path to the peer "
+        "wherever it roams. All of it is removed at stop."),
+    Key("interface.mac", "string", "random", False, "The MAC address of a tap device, quoted: '02:00:00:00:00:01'."),
+    Key("interface.bridge", "string", "none", False, "A bridge the tap device joins (it must exist)."),
+    Key("interface.persistent", "boolean", "false", False,
+        "Attach to a device made with `tunneld mktun` (needs interface.name); it outlives the daemon, and "
+        "everything tunneld changed on it is undone at stop."),
+    Key("interface.clamp_mss", "boolean", "true for tun", False,
+        "Rewrite the MSS of TCP SYNs crossing the tunnel to fit its MTU."),
+    Key("interface.offload", "boolean", "true", False,
+        "64 KB super-packets between device and daemon (IFF_VNET_HDR, TSO, UDP GSO/GRO); false: one packet per read."),
+    Key("transport", "mapping", "", False, "The underlay: UDP datagrams or one TCP connection."),
+    Key("transport.protocol", "udp | tcp", "", False,
+        "udp: one datagram per packet. tcp: simpletun's framing (2-byte length, packet)."),
+    Key("transport.listen", "ip:port", "none", False, "Where to bind: the server side ([::]:port for IPv6)."),
+    Key("transport.remote", "host:port", "none", True,
+        "The peer's address: the client side. With encryption, a UDP peer is followed when it roams."),
+    Key("transport.keepalive", "integer (seconds)", "none", True,
+        "Persistent keepalive, 1 to 65535 s: keeps NAT mappings open (encrypted modes only)."),
+    Key("transport.fwmark", "integer", "51820 with a /0 route, else none", False,
+        "The mark (SO_MARK) on the tunnel's own sockets, like WireGuard's FwMark; with a /0 route also the "
+        "number of the full tunnel's routing table."),
+    Key("encryption", "none | mapping", "", True,
+        "`none` for plaintext (simpletun's wire format), or the WireGuard keys below."),
+    Key("encryption.private_key_file", "path", "", True,
+        "This side's private key (`tunneld genkey`), mode 0600; relative to the config file's folder."),
+    Key("encryption.peer_public_key", "base64 key", "", True, "The peer's public key (`tunneld pubkey`, `wg pubkey`)."),
+    Key("encryption.preshared_key_file", "path", "none", True, "An optional preshared key (`tunneld genpsk`), mode 0600."),
+    Key("encryption.wireguard_compatible", "boolean", "false", False,
+        "Speak WireGuard itself (UDP and tun only): the peer may be wireguard-go, the kernel module or wg-quick."),
+    Key("encryption.allowed_ips", "list of network/prefix", "any", True,
+        "Inner source addresses accepted from the peer (tun only), like WireGuard's AllowedIPs."),
+    Key("run_as", "mapping", "stay root", False, "Drop privileges after set-up."),
+    Key("run_as.user", "string", "", False, "The user to run as."),
+    Key("run_as.group", "string", "the user's primary group", False, "The group to run as."),
+    Key("run_as.keep_net_admin", "boolean", "true", False,
+        "Keep CAP_NET_ADMIN so reloads can change addresses and routes (a full tunnel needs it)."),
+    Key("hooks", "mapping", "none", False, "Shell commands, with TUNNELD_* variables describing the tunnel."),
+    Key("hooks.up", "list of strings", "none", False, "Run after the device is up; one failing stops the start."),
+    Key("hooks.down", "list of strings", "none", False, "Run before the device goes down."),
+    Key("metrics", "mapping", "none", False, "Prometheus text on http://LISTEN/metrics."),
+    Key("metrics.listen", "ip:port", "", False, "Where to serve the metrics."),
+)
+
+
+def _children(parent: str) -> set[str]:
+    prefix = f"{parent}." if parent else ""
+    return {k.path[len(prefix):] for k in KEYS if k.path.startswith(prefix) and "." not in k.path[len(prefix):]}
+
+
 # --- validation --------------------------------------------------------------
 
 _TYPE_NAMES = {
@@ -297,6 +387,7 @@ _TYPE_NAMES = {
     list: "a list", dict: "a mapping", type(None): "nothing",
 }
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -351,8 +442,7 @@ class _Reader:
     # the document
 
     def config(self, data: Any) -> Config:
-        top = self.mapping(data, "", {"interface", "transport", "encryption", "log_level", "run_as", "hooks", "metrics"},
-                           {"interface", "transport", "encryption"})
+        top = self.mapping(data, "", _children(""), {"interface", "transport", "encryption"})
         transport = self.transport(top["transport"])
         encryption = self.encryption(top["encryption"])
         interface = self.interface(top["interface"], transport, encrypted=encryption is not None)
@@ -369,17 +459,31 @@ class _Reader:
         hooks = self.hooks(top["hooks"]) if "hooks" in top else Hooks()
         metrics = None
         if "metrics" in top:
-            m = self.mapping(top["metrics"], "metrics", {"listen"}, {"listen"})
+            m = self.mapping(top["metrics"], "metrics", _children("metrics"), {"listen"})
             metrics = self.endpoint(m["listen"], "metrics.listen")
             if not is_ip(metrics.host):
                 raise self.error("metrics.listen", f"expected an IP address to bind, got {metrics.host!r}")
-        cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics)
+        name = None
+        if "name" in top:
+            name = self.typed(top["name"], "name", str)
+            if not _NAME.match(name):
+                raise self.error("name", f"expected letters, digits, '.', '_' and '-' (at most 64), got {name!r}")
+        if routing.full_tunnel(interface.routes) and transport.fwmark is None:
+            transport = replace(transport, fwmark=routing.FULL_TUNNEL_MARK)
+        if transport.fwmark is not None and run_as is not None and not run_as.keep_net_admin:
+            if routing.full_tunnel(interface.routes):
+                raise self.error("run_as.keep_net_admin", "a full tunnel (a /0 route) needs CAP_NET_ADMIN to "
+                                 "remove its routing rules at stop: keep it (true)")
+            if transport.protocol == "tcp" and transport.remote is not None:
+                raise self.error("run_as.keep_net_admin", "transport.fwmark on a TCP client needs CAP_NET_ADMIN "
+                                 "to mark every new connection: keep it (true)")
+        cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics, name)
         if encryption is not None and self.read_secret is not None:
             cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption)))
         return cfg
 
     def run_as(self, value: Any) -> RunAs:
-        m = self.mapping(value, "run_as", {"user", "group", "keep_net_admin"}, {"user"})
+        m = self.mapping(value, "run_as", _children("run_as"), {"user"})
         user = self.typed(m["user"], "run_as.user", str)
         group = self.typed(m["group"], "run_as.group", str) if "group" in m else None
         keep = self.typed(m.get("keep_net_admin", True), "run_as.keep_net_admin", bool)
@@ -389,7 +493,7 @@ class _Reader:
         return RunAs(user, group, keep)
 
     def hooks(self, value: Any) -> Hooks:
-        m = self.mapping(value, "hooks", {"up", "down"}, set())
+        m = self.mapping(value, "hooks", _children("hooks"), set())
         up = tuple(self.str_list(m.get("up", []), "hooks.up"))
         down = tuple(self.str_list(m.get("down", []), "hooks.down"))
         return Hooks(up, down)
@@ -399,8 +503,7 @@ class _Reader:
             return None
         if not isinstance(value, dict):
             raise self.error("encryption", f"expected 'none' or a mapping of keys, got {value!r}")
-        keys = {"private_key_file", "peer_public_key", "preshared_key_file", "wireguard_compatible", "allowed_ips"}
-        m = self.mapping(value, "encryption", keys, {"private_key_file", "peer_public_key"})
+        m = self.mapping(value, "encryption", _children("encryption"), {"private_key_file", "peer_public_key"})
         private = self.path(m["private_key_file"], "encryption.private_key_file")
         psk = self.path(m["preshared_key_file"], "encryption.preshared_key_file") if "preshared_key_file" in m else None
         peer = self.typed(m["peer_public_key"], "encryption.peer_public_key", str)
@@ -450,8 +553,7 @@ class _Reader:
         return value
 
     def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
-        keys = {"name", "mode", "mtu", "addresses", "mac", "bridge", "routes", "persistent", "clamp_mss", "offload"}
-        m = self.mapping(value, "interface", keys, {"mode"})
+        m = self.mapping(value, "interface", _children("interface"), {"mode"})
         mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
         name = self.ifname(m["name"], "interface.name") if m.get("name") is not None else None
         persistent = self.typed(m.get("persistent", False), "interface.persistent", bool)
@@ -464,6 +566,10 @@ class _Reader:
                           for i, a in enumerate(self.str_list(m.get("addresses", []), "interface.addresses")))
         routes = tuple(self.network(r, f"interface.routes[{i}]")
                        for i, r in enumerate(self.str_list(m.get("routes", []), "interface.routes")))
+        for key, items in (("interface.addresses", addresses), ("interface.routes", routes)):
+            for i, item in enumerate(items):
+                if item in items[:i]:
+                    raise self.error(f"{key}[{i}]", f"{item} is listed twice")
 
         default_mtu = limits.DEFAULT_TAP_MTU if mode == "tap" else limits.DEFAULT_TUN_MTU
         mtu = self.typed(m.get("mtu", default_mtu), "interface.mtu", int)
@@ -547,7 +653,7 @@ class _Reader:
         return Endpoint(host, int(port))
 
     def transport(self, value: Any) -> TransportConfig:
-        m = self.mapping(value, "transport", {"protocol", "listen", "remote", "keepalive"}, {"protocol"})
+        m = self.mapping(value, "transport", _children("transport"), {"protocol"})
         protocol = self.choice(m["protocol"], "transport.protocol", ("udp", "tcp"))
         listen = self.endpoint(m["listen"], "transport.listen") if "listen" in m else None
         remote = self.endpoint(m["remote"], "transport.remote") if "remote" in m else None
@@ -566,7 +672,12 @@ class _Reader:
             keepalive = self.typed(m["keepalive"], "transport.keepalive", int)
             if not 1 <= keepalive <= 65535:
                 raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {keepalive}")
-        return TransportConfig(protocol, listen, remote, keepalive)
+        fwmark = None
+        if "fwmark" in m:
+            fwmark = self.typed(m["fwmark"], "transport.fwmark", int)
+            if not 1 <= fwmark <= 0xFFFFFFFF:
+                raise self.error("transport.fwmark", f"expected 1 to {0xFFFFFFFF}, got {fwmark}")
+        return TransportConfig(protocol, listen, remote, keepalive, fwmark)
 
 
 def is_low_order(public: bytes) -> bool:

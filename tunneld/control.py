@@ -1,7 +1,9 @@
-"""The control socket: /run/tunneld/NAME.sock (owner-only), and `tunneld status`.
+"""The control socket: /run/tunneld/NAME.sock (owner-only), `tunneld status`
+and `tunneld reload`.
 
-A client connects, sends one line ("status"), and reads one JSON document.
-Not on the packet path: asyncio streams are fine here.
+A client connects, sends one line ("status" or "reload"), and reads one JSON
+document: the snapshot, or the reload's outcome {"ok": bool, "message": text}
+once the reload is over. Not on the packet path: asyncio streams are fine here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import json
 import logging
 import os
 import socket
-from typing import Callable
+from typing import Awaitable, Callable
 
 log = logging.getLogger("tunneld")
 DEFAULT_DIR = "/run/tunneld"
 MAX_REQUEST = 256  # bytes: a request is one short line; a longer one is refused unread
 REQUEST_TIMEOUT = 5.0  # s a client may take to send its line
+RELOAD_TIMEOUT = 60.0  # s a `tunneld reload` waits for the outcome (resolving a host name, at worst)
 DISCARD_CHUNKS = 64  # after an oversize request, at most this many more MAX_REQUEST reads are thrown away
 
 
@@ -30,8 +33,8 @@ def socket_path(name: str, directory: str | None = None) -> str:
 
 
 class ControlServer:
-    def __init__(self, path: str, snapshot: Callable[[], dict]):
-        self.path, self.snapshot = path, snapshot
+    def __init__(self, path: str, snapshot: Callable[[], dict], reload: Callable[[], Awaitable[dict]] | None = None):
+        self.path, self.snapshot, self.reload = path, snapshot, reload
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -39,7 +42,8 @@ class ControlServer:
         if os.path.exists(self.path):
             if _alive(self.path):
                 from tunneld.errors import StartupError
-                raise StartupError(f"control socket {self.path} is in use: is this tunnel already running?")
+                raise StartupError(f"name {_name(self.path)!r} is taken: {_holder(self.path)} holds {self.path}; "
+                                   "give one of the configs another name: (the key) or file name")
             os.unlink(self.path)  # left by a daemon that died
         old = os.umask(0o177)  # owner-only from the first moment
         try:
@@ -58,7 +62,11 @@ class ControlServer:
                 line = None
             except asyncio.IncompleteReadError as e:  # no newline before the client closed
                 line = e.partial
-            writer.write(json.dumps(self.answer(line)).encode() + b"\n")
+            if line is not None and line.strip() == b"reload" and self.reload is not None:
+                reply = await self.reload()
+            else:
+                reply = self.answer(line)
+            writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
             if line is None:  # read a little of the rest, in bounded pieces, so the answer is not lost to a reset
                 writer.write_eof()
@@ -98,11 +106,24 @@ def _alive(path: str) -> bool:
             return False
 
 
-def query(path: str, timeout: float = 5.0) -> dict:
+def _name(path: str) -> str:
+    return os.path.basename(path).removesuffix(".sock")
+
+
+def _holder(path: str) -> str:
+    """Who answers on a socket, in a few words: "tunneld pid 812 (/etc/tunneld/a.yaml, tun0)"."""
+    try:
+        st = query(path, timeout=2.0)
+        return f"tunneld pid {st['pid']} ({st.get('config', 'config unknown')}, {st['interface']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a running process"
+
+
+def query(path: str, timeout: float = 5.0, request: str = "status") -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(b"status\n")
+        s.sendall(request.encode() + b"\n")
         data = b""
         while chunk := s.recv(65536):
             data += chunk

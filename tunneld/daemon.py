@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import time
 
 from tunneld import config as configmod
-from tunneld import control, hooks, mss, privileges
+from tunneld import control, hooks, mss, netaddr, privileges, routing, rtnl
 from tunneld.config import Config
 from tunneld.device import TunTap
 from tunneld.errors import StartupError
@@ -25,7 +27,7 @@ from tunneld.io import format_address
 from tunneld.metrics import MetricsServer
 from tunneld.netconf import LinkSetup
 from tunneld.relay import Relay
-from tunneld.reload import apply_reload, restart_needed
+from tunneld.reload import plan, restart_needed
 from tunneld.sdnotify import Notifier
 from tunneld.session import PlaintextSession
 from tunneld.tcp import TcpTransport
@@ -38,15 +40,17 @@ log = logging.getLogger("tunneld")
 STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
 
 
-async def run(cfg: Config) -> int:
+async def run(cfg: Config, log_override: str | None = None) -> int:
     """Run one tunnel until a signal; the exit code (0 after an orderly stop).
-    A StartupError propagates after whatever was set up has been undone."""
-    return await Daemon(cfg).run()
+    A StartupError propagates after whatever was set up has been undone.
+    `log_override`: the command line's --log-level, kept across reloads."""
+    return await Daemon(cfg, log_override).run()
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, log_override: str | None = None):
         self.cfg = cfg
+        self.log_override = log_override
         self.loop = asyncio.get_running_loop()
         self.notifier = Notifier()
         self.stopping: asyncio.Future[tuple[str, int]] = self.loop.create_future()
@@ -58,7 +62,10 @@ class Daemon:
         self.transport = None
         self.can_net_admin = True
         self._timer: asyncio.TimerHandle | None = None
-        self._reloading = False
+        self._reload_lock = asyncio.Lock()
+        self._watch: rtnl.LinkWatch | None = None
+        self._link_up = True
+        self._state: tuple | None = None  # what STATUS= last said, in short
 
     def stop(self, reason: str, code: int = 0) -> None:
         if not self.stopping.done():
@@ -84,23 +91,27 @@ class Daemon:
             elif icfg.offload:
                 log.warning("%s: offloads off, one packet per read: %s", device.name, device.fallback)
             session = make_session(cfg, offload=device.vnet)
-            self.link = LinkSetup(device.name, restore=icfg.persistent)
+            self.link = LinkSetup(device.name, persistent=icfg.persistent)
             undo.callback(self._undo_link)
-            self.link.apply(icfg)
+            self.link.apply(icfg, tcfg.fwmark)
+            self._watch_link()
+            undo.callback(self._unwatch_link)
 
             enc = cfg.encryption
             self.core = core = Tunnel(session, icfg.mode, icfg.max_packet,
                                       allowed_ips=enc.allowed_ips if enc else None,
                                       clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None,
                                       vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp")
-            self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm)
+            self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm,
+                                       on_state=self._state_changed)
             undo.callback(lambda: self._timer and self._timer.cancel())
             await self._open_transport()
             undo.callback(lambda: self.transport.close())
             loop.add_reader(device.fileno(), relay.device_readable)
             undo.callback(loop.remove_reader, device.fileno())
 
-            ctl = control.ControlServer(control.socket_path(cfg.name), self.snapshot)
+            self._warn_captured()
+            ctl = control.ControlServer(control.socket_path(cfg.name), self.snapshot, self.reload)
             try:
                 await ctl.start()
                 undo.callback(ctl.close)
@@ -169,10 +180,57 @@ class Daemon:
         self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self.relay.timer_fired)
 
     def _undo_link(self) -> None:
-        if self.link.undo_steps and not self.can_net_admin:
-            log.warning("%s: no CAP_NET_ADMIN left to undo %d changes to the persistent device",
-                        self.device.name, len(self.link.undo_steps))
+        pending = self.link.pending_undo()
+        if pending and not self.can_net_admin:
+            log.warning("%s: no CAP_NET_ADMIN left to undo %d changes", self.device.name, pending)
         self.link.undo()
+        self.link.close()
+
+    def _warn_captured(self) -> None:
+        """Routes that would carry the tunnel's own packets into the tunnel."""
+        peer = self.core.endpoint
+        net = routing.captures(self.cfg.interface.routes, peer[0]) if peer else None
+        if net is not None:
+            log.warning("interface.routes: %s contains the peer's address %s: the tunnel's own packets would "
+                        "enter the tunnel; use 0.0.0.0/0 or ::/0 (full tunnel) instead", net, peer[0])
+
+    # --- the link: restore our addresses and routes when it comes back up ------------
+
+    def _watch_link(self) -> None:
+        try:
+            self._watch = rtnl.LinkWatch()
+        except OSError as e:
+            log.warning("%s: cannot watch the link (%s): routes lost to a down/up come back only at reload",
+                        self.device.name, e.strerror)
+            return
+        self.loop.add_reader(self._watch.fileno(), self._link_event)
+
+    def _unwatch_link(self) -> None:
+        if self._watch is not None:
+            self.loop.remove_reader(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
+
+    def _link_event(self) -> None:
+        links, lost = self._watch.drain()
+        ours = [link for link in links if link.index == self.link.index]
+        if lost:
+            try:
+                ours.append(self.link.nl.link(self.link.index))
+            except OSError:
+                return
+        for link in ours:
+            was, self._link_up = self._link_up, link.up
+            if link.up and not was and self.can_net_admin:
+                try:
+                    restored = self.link.restore()
+                except StartupError as e:
+                    log.warning("link back up, but: %s", e)
+                    continue
+                log.info("%s: link back up%s", self.device.name,
+                         f"; restored {', '.join(restored)}" if restored else "")
+            elif not link.up and was:
+                log.warning("%s: link down", self.device.name)
 
     def _remove_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -198,9 +256,20 @@ class Daemon:
         self.notifier.status(self.status_line())
         self.loop.call_later(STATUS_INTERVAL, self._tick_status)
 
+    def _state_changed(self) -> None:
+        """The relay saw an event (a handshake, the peer moved, a connection lost
+        or back): tell systemd now if what STATUS= says in short changed."""
+        core = self.core
+        state = (core.endpoint, core.counters.handshakes, core.counters.reconnects, core.counters.peer_changes)
+        if state != self._state and self.notifier.sock is not None and not self.stopping.done():
+            self._state = state
+            self.notifier.status(self.status_line())
+
     def status_line(self) -> str:
         st = self.snapshot()
-        peer = f"peer {st['peer']}" if st["peer"] else "no peer yet"
+        lost = self.cfg.transport.protocol == "tcp" and st["peer"] is None and self.core.counters.reconnects + \
+            self.core.counters.handshakes > 0
+        peer = f"peer {st['peer']}" if st["peer"] else ("connection lost" if lost else "no peer yet")
         if st["encryption"] == "plaintext":
             return f"{st['interface']} up, {peer} (plaintext)"
         hs = st["last_handshake_seconds_ago"]
@@ -215,6 +284,7 @@ class Daemon:
         enc = cfg.encryption
         return {
             "name": cfg.name,
+            "config": os.path.abspath(cfg.source),
             "interface": self.device.name,
             "mode": cfg.interface.mode,
             "mtu": cfg.interface.mtu,
@@ -250,34 +320,86 @@ class Daemon:
             return f"{device.offload_names}; peer takes super-packets ({wire})"
         return f"{device.offload_names}; cut into packets for the peer"
 
-    # --- reload ------------------------------------------------------------------
+    # --- reload ---------------------------------------------------------------------
 
-    async def reload(self) -> None:
-        """SIGHUP: re-read the file; apply what can change live, or refuse and keep running."""
-        if self._reloading or self.stopping.done():
-            return
-        self._reloading = True
-        self.notifier.reloading()
+    async def reload(self) -> dict:
+        """SIGHUP or `tunneld reload`: re-read the file; apply what can change live,
+        all of it or none of it, or refuse and keep running. The outcome, as the
+        control socket answers it: {"ok": bool, "message": one line}."""
+        if self.stopping.done():
+            return {"ok": False, "message": "stopping"}
+        async with self._reload_lock:  # one at a time; a second waits for the first
+            self.notifier.reloading()
+            try:
+                ok, message = await self._reload()
+            finally:
+                self.notifier.ready(self.status_line())
+        if ok:
+            log.info("%s", message)
+        else:
+            log.error("reload refused, keeping the running config: %s", message)
+        return {"ok": ok, "message": message}
+
+    async def _reload(self) -> tuple[bool, str]:
+        old = self.cfg
         try:
+            new = configmod.load(old.source)
+        except configmod.ConfigError as e:
+            return False, str(e)
+        if self.log_override:
+            new = dataclasses.replace(new, log_level=self.log_override)
+        why = restart_needed(old, new)
+        if why:
+            return False, why
+        p = plan(old, new)
+        core, link = self.core, self.link
+        # first what may fail, changing nothing: resolving the peer, making a session
+        remote = core.endpoint
+        if p.remote and new.transport.protocol == "udp":
+            remote = None
+            if new.transport.remote is not None:
+                try:
+                    _, remote = await netaddr.resolve(new.transport.remote, self.transport.sock.family, socket.SOCK_DGRAM)
+                except StartupError as e:
+                    return False, f"transport.remote: {e}"
+        session = None
+        if p.keys:
             try:
-                new = configmod.load(self.cfg.source)
-            except configmod.ConfigError as e:
-                log.error("reload refused, keeping the running config: %s", e)
-                return
-            why = restart_needed(self.cfg, new)
-            if why:
-                log.error("reload refused, keeping the running config: %s", why)
-                return
-            try:
-                changed = await apply_reload(self, new)
+                session = make_session(new, previous=core.session, offload=core.vnet)
             except StartupError as e:
-                log.error("reload stopped half-way: %s", e)
-                return
-            self.cfg = new
-            log.info("reloaded %s: %s", new.source, ", ".join(changed) if changed else "nothing changed")
-        finally:
-            self._reloading = False
-            self.notifier.ready(self.status_line())
+                return False, str(e)
+        # then the kernel, all or nothing, compared with what it really has
+        icfg, fwmark = new.interface, new.transport.fwmark
+        if p.link and not self.can_net_admin:
+            return False, ("addresses or routes changed, but run_as.keep_net_admin is false: "
+                           "no capability is left to change them; restart to apply")
+        if self.can_net_admin:
+            try:
+                link.change(icfg.addresses, routing.routes(icfg.routes, fwmark), routing.rules(icfg.routes, fwmark))
+            except StartupError as e:
+                return False, str(e)
+        # last what cannot fail
+        if p.log_level:
+            logging.getLogger("tunneld").setLevel(new.log_level.upper())
+        if p.remote:
+            if new.transport.protocol == "udp":
+                core.endpoint = remote
+                core.pinned = new.encryption is None and remote is not None
+            else:
+                self.transport.set_remote(new.transport.remote)
+        if session is not None:
+            core.replace_session(session)
+        elif p.keepalive:
+            core.session.persistent_keepalive = new.transport.keepalive
+            core.session.t_persistent = None
+        if p.allowed_ips:
+            core.set_allowed(new.encryption.allowed_ips)
+        self.cfg = new
+        self.relay.start()  # a new session or keepalive may want to speak now
+        if p.link or p.remote:
+            self._warn_captured()
+        changed = p.changed(new)
+        return True, f"reloaded {new.source}: {', '.join(changed) if changed else 'nothing changed'}"
 
 
 def make_session(cfg: Config, previous=None, offload: bool = False):

@@ -104,3 +104,18 @@ def reason(e: BaseException) -> str:
 
 def bind_error(proto: str, ep: Endpoint, e: OSError) -> StartupError:
     return StartupError(f"{proto}: cannot listen on {ep}: {reason(e)}")
+
+
+SO_MARK = 36  # asm-generic/socket.h
+
+
+def mark(sock: socket.socket, fwmark: int | None) -> None:
+    """Put `transport.fwmark` on a socket, so its packets match `fwmark` rules
+    (the full tunnel's way around itself). Needs CAP_NET_ADMIN."""
+    if fwmark is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+    except OSError as e:
+        raise StartupError(f"transport.fwmark: cannot mark the socket with {fwmark}: {e.strerror}") from None
+

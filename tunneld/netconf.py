@@ -1,136 +1,185 @@
-"""Interface set-up with iproute2: MTU, MAC, bridge, addresses, link up, routes.
+"""Interface set-up over rtnetlink: MTU, MAC, bridge, addresses, link up,
+routes and the full-tunnel rules (`routing.py`).
 
-Each step that changes something records how to undo it. A device we created
-vanishes with its fd, taking its addresses, routes and bridge port along, so
-only a persistent device (which outlives us) is walked back step by step.
-Every failure names the interface and the step:
+The kernel is the truth: every change first reads what the device really
+has, adds what is missing and removes what we had and no longer want. A
+change is all or nothing: when a step fails, the steps already done are
+walked back and the error names the interface and the step:
 
     tap0: cannot join bridge br9: no such device
+
+What we added is remembered. Policy rules outlive the device, so they are
+always removed at stop; a device we created vanishes with its fd, taking its
+addresses, routes and bridge port along, so only a persistent device (which
+outlives us) has those walked back too.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import shutil
-import subprocess
+import socket
 from typing import Callable
 
+from tunneld import routing, rtnl
 from tunneld.config import InterfaceConfig
 from tunneld.errors import StartupError
+from tunneld.rtnl import NetlinkError, Route, Rule
 
 log = logging.getLogger("tunneld")
 SYS_NET = "/sys/class/net"
 
-Runner = Callable[[list[str]], tuple[int, str]]
-
-
-def run_ip(args: list[str]) -> tuple[int, str]:
-    """Run `ip ARGS`; return its exit code and the first line of its complaint."""
-    ip = shutil.which("ip") or "/usr/sbin/ip"
-    try:
-        p = subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        return 127, "the ip command (iproute2) is not installed"
-    except subprocess.TimeoutExpired:
-        return 124, "ip did not answer within 30 s"
-    text = (p.stderr or p.stdout).strip().splitlines()
-    first = text[0] if text else ""
-    for prefix in ("Error: ", "RTNETLINK answers: "):
-        first = first.removeprefix(prefix)
-    return p.returncode, first.rstrip(".")
-
 
 class LinkSetup:
-    def __init__(self, name: str, restore: bool, run: Runner = run_ip):
-        """`restore`: undo every change on stop (a persistent device outlives us)."""
+    def __init__(self, name: str, persistent: bool, nl: rtnl.Netlink | None = None):
         self.name = name
-        self.restore = restore
-        self.run = run
-        self.undo_steps: list[tuple[str, list[str]]] = []
+        self.persistent = persistent
+        self.nl = nl or rtnl.Netlink()
+        try:
+            self.index = socket.if_nametoindex(name)
+        except OSError:
+            raise StartupError(f"{name}: no such device") from None
+        self.link_undo: list[tuple[str, dict]] = []  # link properties to restore at stop (persistent only)
+        self.brought_up = False
+        # what the config wants of the kernel, and what of it we added
+        self.addresses: tuple = ()
+        self.routes: tuple[Route, ...] = ()
+        self.rules: tuple[Rule, ...] = ()
+        self.added: set = set()  # addresses, Routes and Rules that were not there before us
 
-    def _do(self, step: str, args: list[str], undo: list[str] | None = None, exists_ok: bool = False) -> bool:
-        code, why = self.run(args)
-        if code != 0:
-            if exists_ok and "exists" in why.lower():
-                return False  # there before us: not ours to remove
-            raise StartupError(f"{self.name}: cannot {step}: {_plain(why)}")
-        if undo is not None and self.restore:
-            self.undo_steps.append((step, undo))
-        return True
+    def _fail(self, e: NetlinkError, what: str | None = None) -> StartupError:
+        return StartupError(f"{self.name}: cannot {what or e.what}: {_plain(e.errno)}")
 
-    def apply(self, cfg: InterfaceConfig) -> None:
-        dev = self.name
-        old_mtu = _sysfs(dev, "mtu")
-        if old_mtu != str(cfg.mtu):
-            self._do(f"set MTU {cfg.mtu}", ["link", "set", "dev", dev, "mtu", str(cfg.mtu)],
-                     ["link", "set", "dev", dev, "mtu", old_mtu or str(cfg.mtu)])
+    def _link(self, what: str, undo: dict | None, **changes) -> None:
+        try:
+            self.nl.set_link(self.index, what, **changes)
+        except NetlinkError as e:
+            raise self._fail(e) from None
+        if undo is not None and self.persistent:
+            self.link_undo.append((what, undo))
+
+    def apply(self, cfg: InterfaceConfig, fwmark: int | None) -> None:
+        """Start-up: link properties, addresses, up, then routes and rules."""
+        try:
+            link = self.nl.link(self.index)
+        except NetlinkError as e:
+            raise self._fail(e, "read the link") from None
+        if link.mtu != cfg.mtu:
+            self._link(f"set MTU {cfg.mtu}", {"mtu": link.mtu}, mtu=cfg.mtu)
         if cfg.mac:
-            old_mac = _sysfs(dev, "address")
-            if old_mac != cfg.mac:
-                self._do(f"set MAC address {cfg.mac}", ["link", "set", "dev", dev, "address", cfg.mac],
-                         ["link", "set", "dev", dev, "address", old_mac] if old_mac else None)
+            mac = bytes.fromhex(cfg.mac.replace(":", ""))
+            if link.mac != mac:
+                self._link(f"set MAC address {cfg.mac}", {"mac": link.mac} if link.mac else None, mac=mac)
         if cfg.bridge:
             br = cfg.bridge
-            if not os.path.exists(f"{SYS_NET}/{br}"):
-                raise StartupError(f"{dev}: cannot join bridge {br}: no such device")
+            try:
+                master = socket.if_nametoindex(br)
+            except OSError:
+                raise StartupError(f"{self.name}: cannot join bridge {br}: no such device") from None
             if not os.path.isdir(f"{SYS_NET}/{br}/bridge"):
-                raise StartupError(f"{dev}: cannot join bridge {br}: not a bridge")
-            self._do(f"join bridge {br}", ["link", "set", "dev", dev, "master", br],
-                     ["link", "set", "dev", dev, "nomaster"])
-        for addr in cfg.addresses:
-            self.add_address(addr)
-        if not _is_up(dev):
-            self._do("bring the link up", ["link", "set", "dev", dev, "up"], ["link", "set", "dev", dev, "down"])
-        for net in cfg.routes:
-            self.add_route(net)
+                raise StartupError(f"{self.name}: cannot join bridge {br}: not a bridge")
+            self._link(f"join bridge {br}", {"master": 0}, master=master)
+        self.change(cfg.addresses, (), ())
+        if not link.up:
+            self._link("bring the link up", {"up": False}, up=True)
+            self.brought_up = True
+        self.change(cfg.addresses, routing.routes(cfg.routes, fwmark), routing.rules(cfg.routes, fwmark))
 
-    def add_address(self, addr) -> None:
-        self._do(f"add address {addr}", ["addr", "add", str(addr), "dev", self.name],
-                 ["addr", "del", str(addr), "dev", self.name], exists_ok=True)
+    def change(self, addresses, routes, rules) -> list[str]:
+        """Make the kernel hold these (and no longer what we held before and
+        dropped), comparing with what it has now; all or nothing. Routes wait
+        while the link is down (the kernel refuses them): `restore` adds them
+        when it comes back. The names of what changed."""
+        nl, index = self.nl, self.index
+        try:
+            have_addresses = nl.addresses(index)
+            have_routes = nl.routes(index)
+            have_rules = nl.rules()
+            up = nl.link(index).up
+        except NetlinkError as e:
+            raise self._fail(e) from None
+        steps: list[tuple[str, Callable, Callable]] = []  # (what, do, undo)
+        for a in self.addresses:
+            if a not in addresses and a in have_addresses:
+                steps.append((f"address -{a}", lambda a=a: nl.del_address(index, a), lambda a=a: nl.add_address(index, a)))
+        for r in self.routes:
+            if r not in routes and r in have_routes:
+                steps.append((f"route -{r}", lambda r=r: nl.del_route(index, r), lambda r=r: nl.add_route(index, r)))
+        for r in self.rules:
+            if r not in rules and r in have_rules:
+                steps.append((f"rule -{r}", lambda r=r: nl.del_rule(r), lambda r=r: nl.add_rule(r)))
+        added = []
+        for a in addresses:
+            if a not in have_addresses:
+                steps.append((f"address +{a}", lambda a=a: nl.add_address(index, a), lambda a=a: nl.del_address(index, a)))
+                added.append(a)
+        for r in routes if up else ():
+            if r not in have_routes:
+                steps.append((f"route +{r}", lambda r=r: nl.add_route(index, r), lambda r=r: nl.del_route(index, r)))
+                added.append(r)
+        for r in rules:
+            if r not in have_rules:
+                steps.append((f"rule +{r}", lambda r=r: nl.add_rule(r), lambda r=r: nl.del_rule(r)))
+                added.append(r)
+        undo: list[Callable] = []
+        for what, do, back in steps:
+            try:
+                do()
+            except NetlinkError as e:
+                for step in reversed(undo):
+                    try:
+                        step()
+                    except NetlinkError as e2:
+                        log.warning("%s: cannot walk back a step of a failed change: %s", self.name, e2)
+                raise self._fail(e) from None
+            undo.append(back)
+        gone = {x for x in (*self.addresses, *self.routes, *self.rules)} - {*addresses, *routes, *rules}
+        self.added = (self.added - gone) | set(added)
+        self.addresses, self.routes, self.rules = tuple(addresses), tuple(routes), tuple(rules)
+        return [what for what, _, _ in steps]
 
-    def del_address(self, addr) -> None:
-        self._forget(["addr", "del", str(addr), "dev", self.name])
-        self._do(f"remove address {addr}", ["addr", "del", str(addr), "dev", self.name])
-
-    def add_route(self, net) -> None:
-        family = "-6" if net.version == 6 else "-4"
-        self._do(f"add route {net}", [family, "route", "add", str(net), "dev", self.name],
-                 [family, "route", "del", str(net), "dev", self.name])
-
-    def del_route(self, net) -> None:
-        family = "-6" if net.version == 6 else "-4"
-        self._forget([family, "route", "del", str(net), "dev", self.name])
-        self._do(f"remove route {net}", [family, "route", "del", str(net), "dev", self.name])
-
-    def _forget(self, undo_args: list[str]) -> None:
-        self.undo_steps = [(step, args) for step, args in self.undo_steps if args != undo_args]
+    def restore(self) -> list[str]:
+        """The link came back up: the kernel dropped its routes (and its IPv6
+        addresses) when it went down. Put back what is missing; a failure is logged."""
+        return self.change(self.addresses, self.routes, self.rules)
 
     def undo(self) -> None:
-        """Walk back every recorded change, newest first; a failure is logged, not raised."""
-        while self.undo_steps:
-            step, args = self.undo_steps.pop()
-            code, why = self.run(args)
-            if code != 0:
-                log.warning("%s: cannot undo '%s': %s", self.name, step, _plain(why))
+        """At stop: remove our rules; for a persistent device also our routes and
+        addresses, and restore its link properties. A failure is logged, not raised."""
+        nl, index = self.nl, self.index
+        steps: list[tuple[str, Callable]] = [(f"remove rule {r}", lambda r=r: nl.del_rule(r))
+                                             for r in reversed(self.rules) if r in self.added]
+        if self.persistent:
+            steps += [(f"remove route {r}", lambda r=r: nl.del_route(index, r))
+                      for r in reversed(self.routes) if r in self.added]
+            steps += [(f"remove address {a}", lambda a=a: nl.del_address(index, a))
+                      for a in reversed(self.addresses) if a in self.added]
+            if self.brought_up:
+                steps.append(("bring the link down", lambda: nl.set_link(index, "bring the link down", up=False)))
+            steps += [(what, lambda u=u: nl.set_link(index, what, **u)) for what, u in reversed(self.link_undo)]
+        for what, step in steps:
+            try:
+                step()
+            except NetlinkError as e:
+                if e.errno not in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV):
+                    log.warning("%s: cannot undo '%s': %s", self.name, what, _plain(e.errno))
+        self.added.clear()
+        self.link_undo.clear()
+        self.brought_up = False
+
+    def pending_undo(self) -> int:
+        """How many changes undo() has to walk back."""
+        return len([x for x in self.added if isinstance(x, Rule) or self.persistent]) + (
+            len(self.link_undo) + self.brought_up if self.persistent else 0)
+
+    def close(self) -> None:
+        self.nl.close()
 
 
-def _sysfs(dev: str, attr: str) -> str | None:
-    try:
-        with open(f"{SYS_NET}/{dev}/{attr}") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _is_up(dev: str) -> bool:
-    flags = _sysfs(dev, "flags")
-    return flags is not None and int(flags, 16) & 0x1 == 1  # IFF_UP
-
-
-def _plain(why: str) -> str:
-    """iproute2's message, in the words of the rest of our log."""
-    low = why.lower()
-    if low.startswith("cannot find device"):
+def _plain(code: int) -> str:
+    """The errno's text, in the words of the rest of our log."""
+    if code == errno.ENODEV:
         return "no such device"
-    return why[:1].lower() + why[1:] if why else "failed"
+    text = os.strerror(code)
+    return text[:1].lower() + text[1:]

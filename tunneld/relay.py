@@ -29,15 +29,19 @@ class Relay:
     def __init__(self, core: Tunnel, device: Device, transport: Transport | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  on_fatal: Callable[[str], None] | None = None,
-                 arm: Callable[[float], None] | None = None):
+                 arm: Callable[[float], None] | None = None,
+                 on_state: Callable[[], None] | None = None):
         """`arm(when)`: have timer_fired() called at `when` (on `clock`), replacing
-        any earlier request; the daemon backs it with one loop.call_later handle."""
+        any earlier request; the daemon backs it with one loop.call_later handle.
+        `on_state()`: called after events (a handshake, the peer moved, a stream
+        up or down), never per packet; the daemon tells systemd."""
         self.core = core
         self.device = device
         self.transport = transport
         self.clock = clock
         self.on_fatal = on_fatal or (lambda why: log.error("%s", why))
         self.arm = arm
+        self.on_state = on_state or (lambda: None)
         self.armed_at = float("inf")
         self.endpoint_seen = core.endpoint
         self.big_frames = False  # told to a stream transport: the peer may send frames over 64 KB
@@ -143,6 +147,7 @@ class Relay:
         self.core.peer_up(addr, dialled, self.clock())
         self.endpoint_seen = self.core.endpoint
         self._kick()
+        self.on_state()
 
     def _kick(self) -> None:
         core = self.core
@@ -153,6 +158,7 @@ class Relay:
     def peer_down(self) -> None:
         self.core.peer_down()
         self.endpoint_seen = None
+        self.on_state()
 
     def _send(self, now: float) -> None:
         """Runs of messages to one address go in one send_many (UDP GSO: one sendmsg)."""
@@ -196,3 +202,4 @@ class Relay:
         for level, text in self.core.events:
             log.log(_LEVELS[level], "%s", text)
         self.core.events.clear()
+        self.on_state()

@@ -119,6 +119,7 @@ class TcpTransport:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old conns sit in TIME_WAIT
             netaddr.dual_stack(sock, ep)
+            netaddr.mark(sock, self.cfg.fwmark)  # accepted connections inherit it
             sock.bind(netaddr.bind_address(ep, self.family))
             sock.listen(8)
             sock.setblocking(False)
@@ -212,6 +213,7 @@ class TcpTransport:
                 family, addr = await netaddr.resolve(ep, self.family, socket.SOCK_STREAM)
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
+                netaddr.mark(sock, self.cfg.fwmark)
                 await asyncio.wait_for(self._loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
             except (OSError, asyncio.TimeoutError, StartupError) as e:
                 if sock is not None:

@@ -216,6 +216,7 @@ def _socket(family: int, cfg: TransportConfig, reuseport: bool = False) -> socke
         netaddr.dual_stack(sock, cfg.listen)
         netaddr.allow_fragments(sock)
         netaddr.size_buffers(sock)
+        netaddr.mark(sock, cfg.fwmark)
         if cfg.listen is not None:
             try:
                 sock.bind(netaddr.bind_address(cfg.listen, family))
