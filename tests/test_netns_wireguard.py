@@ -13,6 +13,7 @@ know tunneld's, so only tunneld can start. "wireguard-go initiates": the reverse
 import base64
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -107,3 +108,41 @@ def test_keys_interchange_with_wg_tools(lab):
             assert a == b and len(base64.b64decode(a)) == 32
     psk = subprocess.run([os.sys.executable, "-m", "tunneld", "genpsk"], capture_output=True, text=True).stdout
     assert len(base64.b64decode(psk)) == 32
+
+
+def test_import_a_config_that_wg_itself_wrote_and_run_it(lab, wg_pair, tmp_path):
+    """wireguard-go in A is set up with wg(8); `wg showconf` writes its config, plus the
+    two lines only wg-quick reads (Address, MTU). A then swaps wireguard-go for
+    tunneld running the imported config, against wireguard-go in B."""
+    a, b = wg_pair
+    a_key, a_pub = lab.keypair()
+    b_key, b_pub = lab.keypair()
+    psk = lab.psk()
+    a_wg = lab.name("tdwq")
+    old = lab.spawn(a, "wireguard-go", "-f", a_wg, stderr=lab.tmp / f"{a_wg}.log")
+    wait_for(lambda: lab.ip(a, "link", "show", a_wg, check=False).returncode == 0, 10, what=f"{a_wg} to appear")
+    lab.run(a, "wg", "set", a_wg, "private-key", str(a_key), "listen-port", "51820", "fwmark", "0x4d2",
+            "peer", b_pub, "preshared-key", str(psk), "endpoint", "10.77.0.2:51820",
+            "allowed-ips", "10.9.0.2/32,fd09::2/128", "persistent-keepalive", "15")
+    shown = lab.run(a, "wg", "showconf", a_wg).stdout
+    assert "[Interface]" in shown and "PresharedKey" in shown and "FwMark" in shown
+    old.terminate()
+    old.wait(10)
+    wait_for(lambda: lab.ip(a, "link", "show", a_wg, check=False).returncode != 0, 10, what=f"{a_wg} to go")
+    conf = tmp_path / f"{a_wg}.conf"
+    conf.write_text(shown.replace("[Interface]\n", "[Interface]\nAddress = 10.9.0.1/24, fd09::1/64\nMTU = 1420\n"))
+    out = tmp_path / "imported.yaml"
+    p = lab.run(None, sys.executable, "-m", "tunneld", "import", str(conf), "-o", str(out))
+    assert f"wrote {tmp_path / 'imported.key'}, {tmp_path / 'imported.psk'}, {out}" in p.stdout
+
+    b_wg = lab.name("tdwg")
+    start_wireguard_go(lab, b, b_wg, b_key, a_pub, psk, endpoint=None)
+    lab.ip(b, "-6", "addr", "add", "fd09::2/64", "dev", b_wg, "nodad")
+    lab.run(b, "wg", "set", b_wg, "peer", a_pub, "allowed-ips", "10.9.0.1/32,fd09::1/128")
+    from tests.lab import Daemon
+    d = Daemon(lab, a, out, tmp_path / "imported.log").wait_up()
+    lab.wait_ping(a, "10.9.0.2")
+    lab.ping(a, "fd09::2")
+    lab.ping(b, "10.9.0.1")
+    assert f"{a_wg}: up, tun over udp" in d.log
+    assert d.stop() == 0

@@ -183,7 +183,7 @@ def key_name(key: str) -> str:
 
 def render(imp: Imported, source: str, interface: str | None, key_file: str, psk_file: str | None) -> str:
     def items(values: list[str]) -> str:
-        return "[" + ", ".join(values) + "]"
+        return "[" + ", ".join(f'"{v}"' for v in values) + "]"
     v6_endpoint = imp.endpoint is not None and imp.endpoint.startswith("[")
     lines = [f"# imported from {source} by 'tunneld import'", "interface:", "  mode: tun"]
     if interface:
