@@ -47,13 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--output", "-o", metavar="FILE", required=True,
                      help="the YAML to write; the key files go beside it (NAME.key, NAME.psk), mode 0600")
     mk = sub.add_parser("mktun", help="create a persistent TUN/TAP device (like ip tuntap add)")
-    mk.add_argument("device", metavar="NAME")
-    mk.add_argument("--mode", choices=("tun", "tap"), required=True)
+    mk.add_argument("device", metavar="NAME", help="the device name, at most 15 bytes")
+    mk.add_argument("--mode", choices=("tun", "tap"), required=True, help="tun for IP packets, tap for Ethernet frames")
     mk.add_argument("--user", help="the user who may attach to it without privileges")
     mk.add_argument("--group", help="the group whose members may attach to it")
-    mk.add_argument("--multi-queue", action="store_true")
+    mk.add_argument("--multi-queue", action="store_true", help="IFF_MULTI_QUEUE: one fd per queue")
     rm = sub.add_parser("rmtun", help="delete a persistent TUN/TAP device")
-    rm.add_argument("device", metavar="NAME")
+    rm.add_argument("device", metavar="NAME", help="the device made with mktun")
     return p
 
 

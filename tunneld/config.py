@@ -331,7 +331,8 @@ KEYS: tuple[Key, ...] = (
         "Routes through the device. 0.0.0.0/0 or ::/0 sends everything through the tunnel (full tunnel): "
         "the default route goes into table transport.fwmark, with the rules `not fwmark M table M` and "
         "`table main suppress_prefixlength 0`, so the tunnel's own packets keep the underlay path to the peer "
-        "wherever it roams. All of it is removed at stop."),
+        "wherever it roams. All of it is removed at stop. Adding the first /0 route, or removing the last, "
+        "changes transport.fwmark and so needs a restart."),
     Key("interface.mac", "string", "random", False, "The MAC address of a tap device, quoted: '02:00:00:00:00:01'."),
     Key("interface.bridge", "string", "none", False, "A bridge the tap device joins (it must exist)."),
     Key("interface.persistent", "boolean", "false", False,
@@ -352,8 +353,9 @@ KEYS: tuple[Key, ...] = (
     Key("transport.fwmark", "integer", "51820 with a /0 route, else none", False,
         "The mark (SO_MARK) on the tunnel's own sockets, like WireGuard's FwMark; with a /0 route also the "
         "number of the full tunnel's routing table."),
-    Key("encryption", "none | mapping", "", True,
-        "`none` for plaintext (simpletun's wire format), or the WireGuard keys below."),
+    Key("encryption", "none | mapping", "", False,
+        "`none` for plaintext (simpletun's wire format), or the WireGuard keys below. Switching between "
+        "the two needs a restart; the keys inside apply at reload."),
     Key("encryption.private_key_file", "path", "", True,
         "This side's private key (`tunneld genkey`), mode 0600; relative to the config file's folder."),
     Key("encryption.peer_public_key", "base64 key", "", True, "The peer's public key (`tunneld pubkey`, `wg pubkey`)."),
