@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def site_config(me: int, key_b64: str, peer_pub: str, remote: bool) -> tuple[str
             f"transport: {{protocol: udp, listen: '0.0.0.0:55555'"
             + (f", remote: '10.77.0.{peer}:55555'" if remote else "") + "}\n"
             f"encryption: {{private_key_file: site.key, peer_public_key: '{peer_pub}'}}\n"
-            "run_as: {user: tunneld}\n")
+            "run_as: {user: tunneld}\n"
+            + ("hooks: {down: ['sleep 2']}\n" if me == 1 else ""))  # a stop that takes a while
     return yaml, key_b64
 
 
@@ -183,6 +185,22 @@ def test_under_real_systemd(lab, sites):
     lab.ping(paris.ns, "10.9.0.1")
     london.run("systemctl", "reload", "tunneld@london")  # READY=1 again, with a fresh STATUS=
     wait_for(lambda: "reloaded" in london.journal("tunneld@london"), 10, what="the reload to be logged")
+    # a refused reload fails `systemctl reload`, with the reason, and the tunnel runs on
+    good = (london.root / "etc/tunneld/london.yaml").read_text()
+    for broken, reason in ((good.replace("transport: {", "transport: [{"), "invalid YAML"),
+                           (good.replace("mode: tun", "mode: tun, mtu: 1300"), "interface.mtu changed: that needs a restart")):
+        london.write("/etc/tunneld/london.yaml", broken)
+        p = london.run("systemctl", "reload", "tunneld@london", check=False)
+        assert p.returncode != 0
+        assert reason in london.journal("tunneld@london").split("refused")[-1]
+        assert london.show("tunneld@london", "ActiveState") == "active"
+    london.write("/etc/tunneld/london.yaml", good)
+    p = london.run("tunneld", "reload", "london")
+    assert p.stdout.startswith("reloaded /etc/tunneld/london.yaml")
+    assert london.show("tunneld@london", "Documentation") == "\"man:tunneld(8)\" \"man:tunneld.yaml(5)\""
+    for path in ("/usr/local/share/man/man8/tunneld.8", "/usr/local/share/man/man5/tunneld.yaml.5",
+                 "/usr/local/share/bash-completion/completions/tunneld"):
+        london.run("test", "-s", path)
     status = london.run("systemctl", "status", "--no-pager", "tunneld@london").stdout
     assert "active (running)" in status
     assert re.search(r'Status: "tdsd1 up, peer 10\.77\.0\.2:55555, handshake \d+ s ago"', status), status
@@ -208,15 +226,24 @@ def test_under_real_systemd(lab, sites):
     assert int(london.show("tunneld@london", "NRestarts")) >= 1
     lab.wait_ping(london.ns, "10.9.0.2", timeout=30)
 
-    # tunneld.target stops and starts every instance
+    # tunneld.target stops every instance, and returns only once they are down
+    # (london's down hook makes its stop take 2 s)
     london.run("systemctl", "stop", "tunneld.target")
-    wait_for(lambda: london.show("tunneld@london", "ActiveState") == "inactive", 30,
-             what="tunneld.target's stop to reach the instance (PartOf=)")
+    assert london.show("tunneld@london", "ActiveState") == "inactive"
     assert lab.ip(london.ns, "link", "show", "tdsd1", check=False).returncode != 0  # nothing left behind
     london.run("systemctl", "start", "tunneld.target")
     wait_for(lambda: london.show("tunneld@london", "ActiveState") == "active", 30,
              what="tunneld.target's start to reach the enabled instance")
     lab.wait_ping(london.ns, "10.9.0.2", timeout=30)
+
+    # a bad config at start: exit 2, failed, and no restart loop
+    london.write("/etc/tunneld/broken.yaml", "interface: {mode: tun}\ntransport: {protocol: udp}\nencryption: none\n")
+    assert london.run("systemctl", "start", "tunneld@broken", check=False).returncode != 0
+    time.sleep(5)  # more than RestartSec
+    assert london.show("tunneld@broken", "ActiveState") == "failed"
+    assert london.show("tunneld@broken", "ExecMainStatus") == "2"
+    assert london.show("tunneld@broken", "NRestarts") == "0"
+    assert "transport: udp needs listen, remote, or both" in london.journal("tunneld@broken")
 
     # stop
     for c in (london, paris):
