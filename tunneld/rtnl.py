@@ -255,7 +255,10 @@ def parse_address(body: bytes) -> tuple[int, Interface] | None:
     raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
     if version is None or raw is None or len(raw) != (4 if version == 4 else 16):
         return None
-    return index, ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+    try:
+        return index, ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+    except ValueError:  # a prefix longer than the address
+        return None
 
 
 def parse_route(body: bytes) -> tuple[int | None, Route] | None:
