@@ -204,3 +204,20 @@ def test_status_is_sent_when_the_handshake_completes_not_at_the_next_tick(lab, s
     assert time.monotonic() - started < 5  # the periodic update is 9 s away
     assert "handshake 0 s ago" in fields["STATUS"], fields
     db.wait_log("handshake completed")
+
+
+def test_log_level_on_the_command_line_overrides_the_config_also_after_a_reload(lab, sites):
+    a, b = sites
+    enc = keyed(lab)
+    cfg = site(lab.name("tdt"), 1, "udp", listen=True, remote=True, encryption=enc[0])
+    d = lab.daemon(a, cfg.replace("log_level: debug", "log_level: warning"),
+                   command=[sys.executable, "-m", "tunneld", "--log-level", "info"]).wait_up()  # an info line
+    p = tunneld(lab, "reload", d.config.stem)
+    assert p.returncode == 0, p.stderr
+    d.wait_log("reloaded")  # an info line too: the override outlived the reload
+    assert "DEBUG" not in d.log
+    v = lab.daemon(b, site(lab.name("tdt"), 2, "udp", listen=True, remote=False, encryption=enc[1])
+                   .replace("log_level: debug", "log_level: error"),
+                   command=[sys.executable, "-m", "tunneld", "-v"]).wait_up()
+    lab.wait_ping(a, "10.9.0.2")
+    v.wait_log("DEBUG handshake: answered an initiation")

@@ -267,8 +267,7 @@ class Daemon:
 
     def status_line(self) -> str:
         st = self.snapshot()
-        lost = self.cfg.transport.protocol == "tcp" and st["peer"] is None and self.core.counters.reconnects + \
-            self.core.counters.handshakes > 0
+        lost = self.cfg.transport.protocol == "tcp" and st["peer"] is None and self.core.had_stream
         peer = f"peer {st['peer']}" if st["peer"] else ("connection lost" if lost else "no peer yet")
         if st["encryption"] == "plaintext":
             return f"{st['interface']} up, {peer} (plaintext)"

@@ -69,7 +69,7 @@ class Tunnel:
         self.events: list[tuple[str, str]] = []
         self._quiet_until: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._had_stream = False
+        self.had_stream = False
         session.bind(self.counters, self.events, self.note)
 
     # --- device -> network ---------------------------------------------------
@@ -249,9 +249,9 @@ class Tunnel:
         """A stream to the peer is established: send to it from now on. One we
         dialled starts a handshake at once: the listener may have restarted, and
         the old keypair would go unanswered until the 15 s no-reply timer."""
-        if self._had_stream:
+        if self.had_stream:
             self.counters.reconnects += 1
-        self._had_stream = True
+        self.had_stream = True
         self.endpoint = addr
         if dialled:
             self.session.stream_up(now)
