@@ -19,18 +19,11 @@ import time
 
 import pytest
 
-from tests.lab import require, wait_for
-from tests.test_netns_service import FakeSystemd, status
+from tests.lab import require
+from tests.test_netns_service import FakeSystemd, sites  # noqa: F401 (sites: the fixture drawn above)
 from tests.test_netns_tunnel import keyed, site
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def sites(lab):
-    a, b = lab.ns(), lab.ns()
-    lab.veth(a, "10.77.0.1/24", b, "10.77.0.2/24")
-    return a, b
 
 
 def tunneld(lab, *args: str, user: int | None = None, run: str | None = None) -> subprocess.CompletedProcess:
