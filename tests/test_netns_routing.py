@@ -95,6 +95,20 @@ def test_full_tunnel_v4_v6_keeps_the_peer_outside_also_after_it_roams_and_undoes
     db.stop()
 
 
+def test_rules_left_by_a_killed_full_tunnel_go_at_the_next_orderly_stop(lab, world):
+    import signal
+    a, b, va, vb = world
+    before = rules(lab, a)
+    text = config(lab.name("tdt"), 1, "encryption: none", routes="[0.0.0.0/0]", remote="10.78.0.2:55555")
+    d = lab.daemon(a, text).wait_up()
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    assert rules(lab, a) != before  # kill -9: nothing could undo them
+    d = lab.daemon(a, text).wait_up()
+    assert d.stop() == 0
+    assert rules(lab, a) == before
+
+
 def test_check_warns_about_routes_that_capture_the_peer(tmp_path):
     cfg = tmp_path / "def1.yaml"
     cfg.write_text(config("tun9", 1, "encryption: none", routes="[0.0.0.0/1, 128.0.0.0/1]",

@@ -35,6 +35,14 @@ def test_rule_round_trip(rule):
     assert rtnl.parse_rule(rtnl.rule_body(rule)) == rule
 
 
+def test_a_rule_dumped_with_suppress_prefixlength_minus_one_has_none():
+    """Kernels dump FRA_SUPPRESS_PREFIXLEN = -1 on every rule without one; read as
+    a value, our own `not fwmark` rule would not be recognised, and be added twice."""
+    rule = Rule(4, 51820, fwmark=51820, invert=True)
+    dumped = rtnl.rule_body(rule) + rtnl.u32(rtnl.FRA_SUPPRESS_PREFIXLEN, 0xFFFFFFFF)
+    assert rtnl.parse_rule(dumped) == rule
+
+
 def test_rule_text_is_what_ip_rule_says():
     assert str(Rule(4, 51820, fwmark=51820, invert=True)) == "-4 not fwmark 0xca6c table 51820"
     assert str(Rule(6, RT_TABLE_MAIN, suppress_prefixlength=0)) == "-6 table main suppress_prefixlength 0"

@@ -121,7 +121,9 @@ class LinkSetup:
         for r in rules:
             if r not in have_rules:
                 steps.append((f"rule +{r}", lambda r=r: nl.add_rule(r), lambda r=r: nl.del_rule(r)))
-                added.append(r)
+            # ours even when already there: a tunneld killed with -9 left them, and they
+            # name our mark and table; the next orderly stop takes them away
+            added.append(r)
         undo: list[Callable] = []
         for what, do, back in steps:
             try:

@@ -289,8 +289,9 @@ def parse_rule(body: bytes) -> Rule | None:
     if version is None or action != FR_ACT_TO_TBL:
         return None
     a = attributes(body, _FIBRULE.size)
+    suppress = _get_u32(a, FRA_SUPPRESS_PREFIXLEN)
     return Rule(version, _get_u32(a, FRA_TABLE) or table, _get_u32(a, FRA_FWMARK),
-                bool(flags & FIB_RULE_INVERT), _get_u32(a, FRA_SUPPRESS_PREFIXLEN))
+                bool(flags & FIB_RULE_INVERT), None if suppress == 0xFFFFFFFF else suppress)  # -1: none
 
 
 # --- the socket --------------------------------------------------------------
