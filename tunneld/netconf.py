@@ -99,31 +99,26 @@ class LinkSetup:
             up = nl.link(index).up
         except NetlinkError as e:
             raise self._fail(e) from None
-        steps: list[tuple[str, Callable, Callable]] = []  # (what, do, undo)
-        for a in self.addresses:
-            if a not in addresses and a in have_addresses:
-                steps.append((f"address -{a}", lambda a=a: nl.del_address(index, a), lambda a=a: nl.add_address(index, a)))
-        for r in self.routes:
-            if r not in routes and r in have_routes:
-                steps.append((f"route -{r}", lambda r=r: nl.del_route(index, r), lambda r=r: nl.add_route(index, r)))
-        for r in self.rules:
-            if r not in rules and r in have_rules:
-                steps.append((f"rule -{r}", lambda r=r: nl.del_rule(r), lambda r=r: nl.add_rule(r)))
-        added = []
-        for a in addresses:
-            if a not in have_addresses:
-                steps.append((f"address +{a}", lambda a=a: nl.add_address(index, a), lambda a=a: nl.del_address(index, a)))
-                added.append(a)
-        for r in routes if up else ():
-            if r not in have_routes:
-                steps.append((f"route +{r}", lambda r=r: nl.add_route(index, r), lambda r=r: nl.del_route(index, r)))
-                added.append(r)
-        for r in rules:
-            if r not in have_rules:
-                steps.append((f"rule +{r}", lambda r=r: nl.add_rule(r), lambda r=r: nl.del_rule(r)))
-            # ours even when already there: a tunneld killed with -9 left them, and they
-            # name our mark and table; the next orderly stop takes them away
-            added.append(r)
+        # per kind: label, held before, wanted now, to add now (routes wait for the
+        # link), what the kernel has, and the two requests
+        kinds = [
+            ("address", self.addresses, addresses, addresses, have_addresses,
+             lambda a: nl.add_address(index, a), lambda a: nl.del_address(index, a)),
+            ("route", self.routes, routes, routes if up else (), have_routes,
+             lambda r: nl.add_route(index, r), lambda r: nl.del_route(index, r)),
+            ("rule", self.rules, rules, rules, have_rules, nl.add_rule, nl.del_rule),
+        ]
+        removals, additions = [], []  # (what, do, undo); all removals go first
+        for label, before, wanted, now, have, add, remove in kinds:
+            removals += [(f"{label} -{x}", lambda x=x, f=remove: f(x), lambda x=x, f=add: f(x))
+                         for x in before if x not in wanted and x in have]
+            additions += [(f"{label} +{x}", lambda x=x, f=add: f(x), lambda x=x, f=remove: f(x))
+                          for x in now if x not in have]
+        steps = removals + additions
+        # Ours: what we add, and our rules even when already there (a tunneld killed
+        # with -9 left them; they name our mark and table; the next orderly stop
+        # takes them away).
+        added = [x for _, _, _, now, have, _, _ in kinds[:2] for x in now if x not in have] + list(rules)
         undo: list[Callable] = []
         for what, do, back in steps:
             try:

@@ -25,15 +25,11 @@ from tunneld import config as configmod
 WG_QUICK_MTU = 1420  # what wg-quick picks over a 1500-byte underlay
 INTERFACE_KEYS = {"privatekey", "address", "listenport", "mtu", "fwmark", "table"}
 PEER_KEYS = {"publickey", "presharedkey", "endpoint", "allowedips", "persistentkeepalive"}
+_HOOK = ("runs shell commands; tunneld import does not carry them over unseen: remove the line, "
+         "then put what you need in hooks.{} of the new config")
 REFUSED = {
-    "preup": "runs shell commands; tunneld import does not carry them over unseen: remove the line, "
-             "then put what you need in hooks.up of the new config",
-    "postup": "runs shell commands; tunneld import does not carry them over unseen: remove the line, "
-              "then put what you need in hooks.up of the new config",
-    "predown": "runs shell commands; tunneld import does not carry them over unseen: remove the line, "
-               "then put what you need in hooks.down of the new config",
-    "postdown": "runs shell commands; tunneld import does not carry them over unseen: remove the line, "
-                "then put what you need in hooks.down of the new config",
+    "preup": _HOOK.format("up"), "postup": _HOOK.format("up"),
+    "predown": _HOOK.format("down"), "postdown": _HOOK.format("down"),
     "dns": "tunneld does not change the resolver: remove the line (a hooks.up command can call resolvconf)",
     "saveconfig": "tunneld never writes its config back: remove the line",
 }
