@@ -23,12 +23,12 @@ KEY_B = generate_private(bytes(range(32, 64)))
 
 class Site:
     def __init__(self, net, addr, clock, key, peer_key, *, endpoint=None, compatible=True, psk=None,
-                 keepalive=None, seed=0, under_load_rate=C.UNDER_LOAD_HANDSHAKES_PER_SECOND, allowed_ips=None,
+                 keepalive=None, seed=0, under_load_backlog=C.UNDER_LOAD_BACKLOG, allowed_ips=None,
                  offload=False):
         rng = random.Random(seed)
         self.session = WireGuardSession(static_private=key, peer_public=public_of(peer_key), psk=psk,
                                         compatible=compatible, max_packet=1420, persistent_keepalive=keepalive,
-                                        wall_offset=1.7e9, rng=rng.randbytes, under_load_rate=under_load_rate,
+                                        wall_offset=1.7e9, rng=rng.randbytes, under_load_backlog=under_load_backlog,
                                         offload=offload)
         self.core = Tunnel(self.session, "tun", 1420, endpoint=endpoint, allowed_ips=allowed_ips,
                            vnet=offload, mtu=1420)
@@ -272,7 +272,7 @@ def test_roaming_follows_authenticated_packets_only():
 
 
 def test_cookie_exchange_under_load():
-    w = World(b_under_load_rate=0)  # every handshake counts as load
+    w = World(b_under_load_backlog=0)  # always under load
     w.a.send(PING)
     w.run(0)
     # initiation, cookie reply; the initiation again at once with mac2, answered

@@ -34,11 +34,13 @@ FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
 FLAGS_KNOWN = FLAG_VNET | FLAG_PARTIAL
 DEFAULT_MTU = 1420  # bytes
 
-# Handshakes per second above which responders ask for a cookie ("under load").
-# wireguard-go counts queued handshakes; a point-to-point tunnel sees one every
-# 2 minutes, so a small rate is already abnormal.
-UNDER_LOAD_HANDSHAKES_PER_SECOND = 10
-UNDER_LOAD_AFTER = 1.0  # s the load state lasts after the rate was last exceeded
+# Under load, responders answer an initiation without a valid mac2 with a cookie
+# reply. wireguard-go: while its handshake queue holds 1/8 of its capacity; ours
+# (ratelimiter.LoadMeter): while handshake messages arrive more than this many
+# ahead of HANDSHAKES_PER_SECOND, half of HANDSHAKES_BURST (the other half stays
+# for the mac2-valid initiation of the real peer).
+UNDER_LOAD_BACKLOG = 5  # messages
+UNDER_LOAD_AFTER = 1.0  # s the load state lasts after the backlog was last exceeded
 
 # Global budgets under load, on top of the per-source limits of ratelimiter.py: they
 # bound the CPU a flood from many sources can take (a cookie reply costs ~20 us in

@@ -32,11 +32,11 @@ from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS
                                   REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
                                   REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT,
                                   REKEY_TIMEOUT_JITTER_MAX, TUNNELD_IDENTIFIER, UNDER_LOAD_AFTER,
-                                  UNDER_LOAD_HANDSHAKES_PER_SECOND, ZERO_KEYS_AFTER)
+                                  UNDER_LOAD_BACKLOG, ZERO_KEYS_AFTER)
 from tunneld.wg.cookie import CookieChecker, CookieGenerator
 from tunneld.wg.noise import Handshake, HandshakeError, StaleHandshake, State
 from tunneld.wg.primitives import AEAD, NONCE, InvalidTag
-from tunneld.wg.ratelimiter import RateLimiter, TokenBucket, source_key
+from tunneld.wg.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND, LoadMeter, RateLimiter, TokenBucket
 from tunneld.wg.replay import ReplayWindow
 
 # wireguard-go's MaxTimerHandshakes: a retry is sent while attempts <= 18, so a
@@ -77,7 +77,7 @@ class WireGuardSession:
                  padding_trailer: bool = False, offload: bool = False,
                  wall_offset: float = 0.0, wall_clock: Callable[[], float] | None = None,
                  rng: Callable[[int], bytes] = os.urandom,
-                 under_load_rate: int = UNDER_LOAD_HANDSHAKES_PER_SECOND):
+                 under_load_backlog: float = UNDER_LOAD_BACKLOG):
         """`wall_clock`: the time of day for TAI64N timestamps, read once per
         initiation (the one clock this module reads: a timestamp must be the
         wall time when it is sent, and the wall clock may be stepped while we
@@ -87,7 +87,8 @@ class WireGuardSession:
         needs none (its own length trims the padding, as WireGuard does).
         `offload` (tunneld mode, a device with virtio headers): announce
         CAP_SUPER_PACKETS; a keypair both sides announced it for carries
-        offload flags (constants.FLAG_*) in its transport messages."""
+        offload flags (constants.FLAG_*) in its transport messages.
+        `under_load_backlog`: see ratelimiter.LoadMeter (0: always under load)."""
         if padding_trailer and compatible:
             raise ValueError("WireGuard's wire format has no padding trailer")
         if offload and compatible:
@@ -110,7 +111,6 @@ class WireGuardSession:
         # retry jitter needs no secrecy (wireguard-go: fastrandn); a seeded PRNG keeps
         # the per-packet re-arming of the new-handshake timer free of system calls
         self._jitter_rng = random.Random(int.from_bytes(rng(8), "little"))
-        self.under_load_rate = under_load_rate
 
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
@@ -131,13 +131,17 @@ class WireGuardSession:
         self.last_handshake_sent = float("-inf")
         self.last_initiation_consumed = float("-inf")
         self.last_handshake: float | None = None  # when the last handshake completed
-        self._load_window_start = float("-inf")
-        self._load_count = 0
-        self._under_load_until = float("-inf")
         # under load: per-source limits, then global budgets (see ratelimiter.py)
+        self.load = LoadMeter(HANDSHAKES_PER_SECOND, under_load_backlog, UNDER_LOAD_AFTER)
         self.limiter = RateLimiter()
         self.cookie_budget = TokenBucket(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_BURST)
+        # the peer's address is exempt from the limiter and cannot spend the shared
+        # cookie budget: its cookie replies have a bucket of their own, which floods
+        # from elsewhere cannot empty
+        self.peer_cookie_budget = TokenBucket(PACKETS_PER_SECOND, PACKETS_BURSTABLE)
         self.handshake_budget = TokenBucket(HANDSHAKES_PER_SECOND, HANDSHAKES_BURST)
+        self._peer_addr: Address = None  # the source of the last authenticated message
+        self._exempt_for: Address = None  # the address the limiter's exemption was made for
         self._last_addr: Address = None
         self._last_source = b""
         self._retried_for_cookie = False
@@ -273,10 +277,13 @@ class WireGuardSession:
             self.note(now, "junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message")
             return None
         source = self._source(addr)
-        under_load = now < self._under_load_until
+        # load: how fast messages that may ask for DH arrive, checked or not (wireguard-go's queue length)
+        under_load = self.load.under_load(now) if kind == MESSAGE_COOKIE_REPLY else self.load.arrive(now)
+        if self._peer_addr != self._exempt_for:
+            self._exempt_peer()
         # under load, a source over its rate is dropped before any hashing: a flood
         # from one host costs a dict lookup per message, not a MAC
-        if under_load and not self.limiter.allow(source_key(source[:-2]), now):
+        if under_load and not self.limiter.allow(source[:-2], now):
             self._shed(now, addr)
             return None
         message = bytes(message)
@@ -286,16 +293,18 @@ class WireGuardSession:
         if not self.cookie_checker.check_mac1(message):
             self._auth_failed(now, addr, f"{_KIND[kind]} with a bad mac1 (not for our public key)")
             return None
-        under_load = self._count_load(now)
         if under_load and not self.cookie_checker.check_mac2(message, source, now):
-            if not self.cookie_budget.take(now):
+            budget = self.peer_cookie_budget if source[:-2] == self.limiter.exempt else self.cookie_budget
+            if not budget.take(now):
                 self._shed(now, addr)
                 return None
             self.control.append((self.cookie_checker.reply(message, source, now), addr))
             self.counters.cookies_sent += 1
             self.note(now, "cookie", "info", f"under load: asked {_fmt(addr)} to return a cookie")
             return None
-        if not self.handshake_budget.take(now):  # the whole daemon's handshake work, load or not
+        # the whole daemon's handshake work, load or not; under load only a valid mac2 gets
+        # here, and a flood spent at most UNDER_LOAD_BACKLOG of it before (LoadMeter)
+        if not self.handshake_budget.take(now):
             self._shed(now, addr)
             return None
         if kind == MESSAGE_INITIATION:
@@ -304,14 +313,12 @@ class WireGuardSession:
             self._receive_response(message, addr, now)
         return None
 
-    def _count_load(self, now: float) -> bool:
-        """More handshake messages per second than `under_load_rate` (after mac1)."""
-        if now - self._load_window_start >= 1.0:
-            self._load_window_start, self._load_count = now, 0
-        self._load_count += 1
-        if self._load_count > self.under_load_rate:
-            self._under_load_until = now + UNDER_LOAD_AFTER
-        return now < self._under_load_until
+    def _exempt_peer(self) -> None:
+        """The peer's current address (where the last authenticated message came
+        from) is exempt from the per-source limiter, by IP: a restarted peer may
+        come back on another port."""
+        self._exempt_for = addr = self._peer_addr
+        self.limiter.exempt = None if addr is None else _source(addr)[:-2]
 
     def _shed(self, now: float, addr: Address) -> None:
         """A handshake message dropped unread by a rate limit or budget."""
@@ -346,7 +353,7 @@ class WireGuardSession:
         self.previous = None
         self.control.append((response, addr))
         self.last_handshake_sent = now
-        self.accepted_from = addr
+        self.accepted_from = self._peer_addr = addr
         self._authenticated_sent(now)
         self.t_zero_keys = now + ZERO_KEYS_AFTER
         self.events.append(("debug", f"handshake: answered an initiation from {_fmt(addr)}"))
@@ -371,7 +378,7 @@ class WireGuardSession:
         else:
             self.previous = self.current
         self.current = kp
-        self.accepted_from = addr
+        self.accepted_from = self._peer_addr = addr
         self.t_zero_keys = now + ZERO_KEYS_AFTER
         self._handshake_complete(now, addr, "we initiated")
         self._authenticated_received(now)
@@ -433,7 +440,7 @@ class WireGuardSession:
             self.counters.rx.errors += 1
             self.note(now, "flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}")
             return None
-        self.accepted_from = addr
+        self.accepted_from = self._peer_addr = addr
         self.opened_flags = flags
         if kp is self.next:  # the initiator confirmed the keypair: rotate it in
             self.previous, self.current, self.next = self.current, kp, None
