@@ -176,9 +176,17 @@ class Tunnel:
                 rx.drops += 1
                 self.note(now, "allowed-ips", "warning", f"dropped a packet from {_fmt(addr)}: inner source outside allowed_ips")
                 return
-        elif n < self.min_packet or (n > self.max_packet and header is None):
+        elif n < self.min_packet:
             rx.errors += 1
             self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
+            return
+        if len(packet) > self.max_packet and (header is None or not header.gso):
+            # the kernel would take it (a write to TUN/TAP is not held to the MTU) and route it on; the
+            # coalescer joins only what passed here, so its segments fit too (a super-packet's: virtio.check)
+            rx.errors += 1
+            what = "frame" if self.tap else "packet"
+            self.note(now, "oversize", "warning", f"dropped a {len(packet)}-byte {what} from {_fmt(addr)}: over "
+                      f"the {self.max_packet}-byte {'frame limit' if self.tap else 'MTU'} of the interface")
             return
         lay = None
         if flags & FLAG_PARTIAL and header is None:  # where the checksum is follows from the packet

@@ -8,6 +8,10 @@ they continue each other exactly, as the kernel's tcp_gro_receive requires:
 same addresses, ports, IP TOS/TTL, ACK number, flags and window, identical TCP
 options, the next sequence number, and every segment but the last of one size.
 A PSH, a short segment or anything else ends the flow's super-packet.
+
+Every segment of a joined packet fits the MTU because each packet added did
+(tunnel.py drops larger ones before they come here): gso_size is the first
+segment's payload, every later one is no larger, and all carry its headers.
 """
 
 from __future__ import annotations
