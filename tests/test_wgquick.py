@@ -88,3 +88,54 @@ def test_import_writes_a_config_that_checks_and_keys_0600(tmp_path):
     p = subprocess.run([sys.executable, "-m", "tunneld", "import", str(conf), "-o", str(tmp_path / "x.yaml")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and not (tmp_path / "x.key").exists()
+
+
+# --- what it writes: YAML from a serializer, whatever the names and values ----------
+
+HOSTILE = [
+    "wg0.conf\nhooks: {up: ['touch /tmp/tunneld-pwned']}\n#",  # a newline: a new top-level key
+    "a\"b'c: d # e", "- item", "? key", "&a *a", "!!python/object/apply:os.system ['id']", "{a: 1}", "[x]",
+    "~", "yes", "0x10", "2001-13-45", " leading and trailing ", "%YAML 1.1", "---", "...", "\t", "\\",
+    "\u2028line separator", "\x85next line", "\rcarriage return", "\x7f", "\ufeff", "é", "\udcff",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_names_and_values_stay_the_strings_they_are(hostile):
+    import yaml
+    imp = wgquick.parse(BASE + f"PresharedKey = {KEY}\nPersistentKeepalive = 25\n", "wg0.conf")
+    imp.endpoint = hostile
+    text = wgquick.render(imp, hostile, "wg0", hostile, hostile)
+    assert yaml.safe_load(text) == {
+        "interface": {"mode": "tun", "name": "wg0", "mtu": 1420, "addresses": ["10.9.0.1/24", "fd09::1/64"],
+                      "routes": ["10.9.0.0/24"]},
+        "transport": {"protocol": "udp", "listen": "[::]:51820" if hostile.startswith("[") else "0.0.0.0:51820",
+                      "remote": hostile, "keepalive": 25},
+        "encryption": {"wireguard_compatible": True, "private_key_file": hostile, "peer_public_key": PUB,
+                       "preshared_key_file": hostile, "allowed_ips": ["10.9.0.0/24"]},
+    }
+    comment, _, _ = text.partition("\n")
+    assert comment.startswith("# imported from ") and comment.isascii() and comment.isprintable()
+
+
+@pytest.mark.parametrize("conf_name, out_name", [
+    ("wg0.conf\nhooks: {up: ['touch pwned']}\n#.conf", "london.yaml"),  # into the comment line
+    ("wg0.conf", "x\nhooks:\n  up: ['touch pwned']\n#.yaml"),  # into the key file names
+], ids=["wg-quick file", "output"])
+def test_import_with_hostile_file_names_writes_exactly_the_intended_keys(tmp_path, conf_name, out_name):
+    """The wg-quick file's name and the output's (and so the key files') may hold
+    a newline and YAML: the config written still has no hooks, and names its key
+    files as they are."""
+    import yaml
+    conf = tmp_path / conf_name
+    conf.write_text(BASE + f"PresharedKey = {KEY}\n")
+    out = tmp_path / out_name
+    p = subprocess.run([sys.executable, "-m", "tunneld", "import", str(conf), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert list(yaml.safe_load(out.read_text())) == ["interface", "transport", "encryption"]
+    cfg = config.load(str(out))
+    assert cfg.hooks == config.Hooks() and cfg.run_as is None
+    assert cfg.encryption.private_key_file == str(out)[:-5] + ".key"
+    assert cfg.encryption.preshared_key_file == str(out)[:-5] + ".psk"
+    assert cfg.encryption.keys.private == bytes(range(32))

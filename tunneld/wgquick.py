@@ -20,6 +20,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import yaml
+
 from tunneld import config as configmod
 
 WG_QUICK_MTU = 1420  # what wg-quick picks over a 1500-byte underlay
@@ -178,33 +180,46 @@ def key_name(key: str) -> str:
 
 
 def render(imp: Imported, source: str, interface: str | None, key_file: str, psk_file: str | None) -> str:
-    def items(values: list[str]) -> str:
-        return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+    """The YAML text, made by a serializer: file names and values from the input
+    (a name with a newline, a quote or a colon) stay the strings they are and
+    never become keys of their own."""
     v6_endpoint = imp.endpoint is not None and imp.endpoint.startswith("[")
-    lines = [f"# imported from {source} by 'tunneld import'", "interface:", "  mode: tun"]
+    iface: dict = {"mode": "tun"}
     if interface:
-        lines.append(f"  name: {interface}")
-    lines.append(f"  mtu: {imp.mtu}")
+        iface["name"] = interface
+    iface["mtu"] = imp.mtu
     if imp.addresses:
-        lines.append(f"  addresses: {items(imp.addresses)}")
+        iface["addresses"] = list(imp.addresses)
     if imp.routes:
-        lines.append(f"  routes: {items(imp.routes)}")
-    lines += ["transport:", "  protocol: udp"]
+        iface["routes"] = list(imp.routes)
+    transport: dict = {"protocol": "udp"}
     if imp.listen_port is not None:
-        lines.append(f"  listen: \"{'[::]' if v6_endpoint else '0.0.0.0'}:{imp.listen_port}\"")
+        transport["listen"] = f"{'[::]' if v6_endpoint else '0.0.0.0'}:{imp.listen_port}"
     if imp.endpoint is not None:
-        lines.append(f"  remote: \"{imp.endpoint}\"")
+        transport["remote"] = imp.endpoint
     if imp.keepalive is not None:
-        lines.append(f"  keepalive: {imp.keepalive}")
+        transport["keepalive"] = imp.keepalive
     if imp.fwmark is not None:
-        lines.append(f"  fwmark: {imp.fwmark}")
-    lines += ["encryption:", "  wireguard_compatible: true", f"  private_key_file: {key_file}",
-              f"  peer_public_key: \"{base64.b64encode(imp.peer_public_key).decode()}\""]
+        transport["fwmark"] = imp.fwmark
+    enc: dict = {"wireguard_compatible": True, "private_key_file": key_file,
+                 "peer_public_key": base64.b64encode(imp.peer_public_key).decode()}
     if psk_file:
-        lines.append(f"  preshared_key_file: {psk_file}")
+        enc["preshared_key_file"] = psk_file
     if imp.allowed_ips:
-        lines.append(f"  allowed_ips: {items(imp.allowed_ips)}")
-    return "\n".join(lines) + "\n"
+        enc["allowed_ips"] = list(imp.allowed_ips)
+    body = yaml.dump({"interface": iface, "transport": transport, "encryption": enc}, Dumper=_Dumper,
+                     sort_keys=False, default_flow_style=False, allow_unicode=False, width=1 << 16)
+    # a comment ends at the line's end: the source path goes in escaped, printable ASCII only
+    shown = source.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return f"# imported from {shown} by 'tunneld import'\n" + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump's, with lists on one line: `addresses: [10.9.0.1/24, 'fd09::1/64']`."""
+
+
+_Dumper.add_representer(list, lambda dumper, items: dumper.represent_sequence("tag:yaml.org,2002:seq", items,
+                                                                               flow_style=True))
 
 
 def _write_new(path: str, data: bytes, mode: int) -> None:
