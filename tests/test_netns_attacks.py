@@ -82,6 +82,38 @@ def _status(lab, daemon) -> dict:
     return control.query(str(lab.tmp / "run" / f"{daemon.config.stem}.sock"))
 
 
+SPOOFED = "10.79.0.0/16"  # B routes it to M, where nothing answers for it
+
+
+@pytest.mark.parametrize("compatible", [False, True], ids=["tunneld-mode", "wireguard-compatible"])
+def test_spoofed_source_flood_cannot_keep_a_restarted_peer_out(lab, arena, compatible):
+    """Issue 14: valid-mac1 initiations from 10,000 spoofed addresses (more than b's
+    limiter table holds) kept a restarted peer out; cookie replies go to addresses
+    nobody reads, so the flood never returns a cookie, while the real peer does."""
+    import json
+    a, b, m, keys = arena
+    lab.ip(b, "route", "add", SPOOFED, "via", "10.78.0.3")
+    da, db, cfg_a, _ = pair(lab, a, b, keys, "udp", compatible)
+    out = lab.tmp / "spoof.out"
+    flood = lab.spawn(m, sys.executable, str(HELPERS / "flood.py"), "10.78.0.2", "55555", keys[1][1], "40",
+                      "--spoof", SPOOFED, "--sources", "10000", "--rate", "20000", stdout=open(out, "w"))
+    time.sleep(2)  # b is under load and has seen thousands of sources
+    assert answered(lab, a, "10.9.0.2", 30) >= 27  # the tunnel stays up
+    da.stop(signal.SIGKILL)
+    lab.daemon(a, cfg_a).wait_up()
+    lab.wait_ping(a, "10.9.0.2", timeout=15)  # the old limiter: one chance in ~40 per 5 s retry
+    assert flood.poll() is None, "the flood ended before the restarted peer got in"
+    flood.send_signal(signal.SIGTERM)
+    flood.wait(10)
+    assert json.loads(out.read_text())["sent"] >= 20_000
+    assert db.proc.poll() is None
+    status = _status(lab, db)
+    assert status["cookies_sent"] >= 100 and status["handshakes_shed"] > 0
+    assert status["peer"].startswith("10.77.0.1:")
+    assert db.stop() == 0
+    assert "Traceback" not in db.log
+
+
 
 
 def test_strangers_cannot_cut_an_encrypted_tcp_tunnel(lab, arena):
