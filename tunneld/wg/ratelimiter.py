@@ -10,9 +10,12 @@ being refused: a flood from more spoofed addresses than the table holds would
 otherwise keep every newcomer out, the real peer first among them (the kernel
 refuses; wireguard-go's table has no bound). Forgetting the least recently
 seen source costs the least: its bucket has refilled the longest, and a new
-bucket starts full anyway. The peer's current address is exempt: a flood
-from its /64 does not share its bucket, and spoofing its exact address buys
-nothing the global budgets and cookies do not bound.
+bucket starts full anyway. The peer's current address (exactly; the session
+sets `exempt`) is not limited at all, so a flood from the rest of its /64
+cannot spend its allowance; its cookie replies come from a small bucket of its
+own instead (peer.py). Someone who spoofs the peer's exact address can empty
+that bucket, as with WireGuard's shared per-source bucket: they gain nothing
+more, since cookies go to the real peer and the budgets bound the work.
 
 The per-source limit is not the protection against many sources: cookies are
 (whitepaper 5.3). A spoofed source never receives the cookie reply it asked
