@@ -9,10 +9,12 @@ once the reload is over. Not on the packet path: asyncio streams are fine here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import socket
+import time
 from typing import Awaitable, Callable
 
 log = logging.getLogger("tunneld")
@@ -21,6 +23,7 @@ MAX_REQUEST = 256  # bytes: a request is one short line; a longer one is refused
 REQUEST_TIMEOUT = 5.0  # s a client may take to send its line
 RELOAD_TIMEOUT = 60.0  # s a `tunneld reload` waits for the outcome (resolving a host name, at worst)
 DISCARD_CHUNKS = 64  # after an oversize request, at most this many more MAX_REQUEST reads are thrown away
+MAX_REPLY = 1024 * 1024  # bytes a client reads of one answer; a status is about 1 KiB
 
 
 def runtime_dir() -> str:
@@ -119,15 +122,39 @@ def _holder(path: str) -> str:
         return "a running process"
 
 
+class ReplyError(OSError):
+    """The daemon's answer was too long, or not a JSON object; `strerror` says
+    which, in words (callers print it as they print any socket error)."""
+
+    def __init__(self, text: str):
+        super().__init__(errno.EBADMSG, text)
+
+
 def query(path: str, timeout: float = 5.0, request: str = "status") -> dict:
+    """Send one request, read one JSON object: at most MAX_REPLY bytes, within
+    `timeout` s in all (not per read), into one preallocated buffer."""
+    buf = bytearray(MAX_REPLY + 1)  # one byte more, to know a reply is too long
+    view, size = memoryview(buf), 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        deadline = time.monotonic() + timeout
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(request.encode() + b"\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data)
+        while size <= MAX_REPLY:
+            s.settimeout(max(deadline - time.monotonic(), 0.001))
+            n = s.recv_into(view[size:])
+            if n == 0:
+                break
+            size += n
+    if size > MAX_REPLY:
+        raise ReplyError(f"reply longer than {MAX_REPLY // 1024 // 1024} MiB")
+    try:
+        reply = json.loads(view[:size].tobytes())
+    except ValueError:  # also UnicodeDecodeError
+        raise ReplyError("reply is not JSON (is something other than tunneld listening?)") from None
+    if not isinstance(reply, dict):
+        raise ReplyError("reply is not a JSON object")
+    return reply
 
 
 def format_status(st: dict) -> str:

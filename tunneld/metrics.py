@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Callable
 
+from tunneld.accept import Acceptor
+
 log = logging.getLogger("tunneld")
+MAX_CLIENTS = 32  # connections at once: a scraper or two and a person with curl, with room to spare
+CLIENT_TIMEOUT = 5.0  # s a client has to send its request and take the answer
+MAX_REQUEST = 8192  # bytes of request head read; a longer one is closed unanswered
+BACKLOG = 128  # connections the kernel queues before we accept them
 
 _HELP = [
     ("rx_packets_total", "counter", "Packets delivered to the device", lambda s: s["rx"]["packets"]),
@@ -30,6 +37,10 @@ _HELP = [
     ("reconnects_total", "counter", "TCP connections re-established", lambda s: s["reconnects"]),
     ("last_handshake_seconds", "gauge", "Seconds since the last handshake (absent: never)", lambda s: s["last_handshake_seconds_ago"]),
     ("uptime_seconds", "gauge", "Seconds since start", lambda s: s["uptime_seconds"]),
+    ("metrics_clients_evicted_total", "counter", "Metrics connections closed to make room for a newer one",
+     lambda s: s.get("metrics_clients_evicted", 0)),
+    ("metrics_accept_starved_total", "counter", "Times the metrics listener found no file descriptor to accept with",
+     lambda s: s.get("metrics_accept_starved", 0)),
 ]
 
 
@@ -52,36 +63,163 @@ def render(st: dict) -> str:
 
 
 class MetricsServer:
+    """HTTP/1.1 GET /metrics, one request per connection, on non-blocking sockets.
+
+    Every client costs a descriptor, so clients are bounded in number
+    (MAX_CLIENTS) and in time (CLIENT_TIMEOUT, request and answer together).
+    A newcomer beyond the bound evicts the oldest client still asking, after
+    one last read of what it sent: a scraper sends its request as it connects
+    and is answered, not evicted. Eviction rather than refusal, so that idle
+    connections, reopened as they are closed, cannot lock the real scraper out
+    (refusing newcomers would leave the slots to whoever came first). Running
+    out of descriptors below the bound (a low RLIMIT_NOFILE) evicts the same
+    way (accept.Acceptor).
+    """
+
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict]):
         self.host, self.port, self.snapshot = host, port, snapshot
-        self.server: asyncio.AbstractServer | None = None
+        self.sock: socket.socket | None = None
+        self.acceptor: Acceptor | None = None
+        self.clients: dict[int, _Client] = {}  # by fd, oldest first
+        self.evicted = 0  # clients closed to make room for a newer one
 
     async def start(self) -> None:
         from tunneld.errors import StartupError
         try:
-            self.server = await asyncio.start_server(self._client, self.host, self.port)
+            self.sock = _listen(self.host, self.port)
         except OSError as e:
-            raise StartupError(f"metrics: cannot listen on {self.host}:{self.port}: {e.strerror.lower()}") from None
-        log.info("metrics: serving http://%s:%d/metrics", self.host, self.port)
+            raise StartupError(f"metrics: cannot listen on {self.host}:{self.port}: "
+                               f"{(e.strerror or str(e)).lower()}") from None
+        self.port = self.sock.getsockname()[1]
+        self._loop = asyncio.get_running_loop()
+        self.acceptor = Acceptor(self.sock, self._accepted, "metrics", make_room=self._make_room)
+        self.acceptor.start()
+        log.info("metrics: serving http://%s:%d/metrics", f"[{self.host}]" if ":" in self.host else self.host, self.port)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accepted(self, sock: socket.socket, addr) -> None:
+        if len(self.clients) >= MAX_CLIENTS and not self._make_room():
+            sock.close()  # every slot is being answered: rare, and over within CLIENT_TIMEOUT
+            return
+        sock.setblocking(False)
+        client = _Client(sock)
+        self.clients[client.fd] = client
+        client.expiry = self._loop.call_later(CLIENT_TIMEOUT, self._drop, client)
+        self._loop.add_reader(client.fd, self._readable, client)
+        self._readable(client)  # the request often came with the connection
+
+    def _make_room(self) -> bool:
+        """Close the oldest client still asking, after one last read of what it
+        sent; True when a descriptor was freed (or answered and closed)."""
+        for client in list(self.clients.values()):
+            if client.reply is not None:
+                continue  # being answered; it closes itself within CLIENT_TIMEOUT
+            self._readable(client)
+            if client.fd in self.clients and client.reply is None:
+                self._drop(client)
+                self.evicted += 1
+                return True
+            if client.fd not in self.clients:
+                return True
+        return False
+
+    def _readable(self, client: "_Client") -> None:
+        while True:
+            try:
+                data = client.sock.recv(MAX_REQUEST - len(client.request))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drop(client)
+                return
+            if not data:  # closed before asking
+                self._drop(client)
+                return
+            client.request += data
+            if b"\r\n\r\n" in client.request:
+                self._answer(client)
+                return
+            if len(client.request) >= MAX_REQUEST:  # not a scraper: closed unanswered
+                self._drop(client)
+                return
+
+    def _answer(self, client: "_Client") -> None:
+        self._loop.remove_reader(client.fd)
+        client.reply = memoryview(self.response(bytes(client.request)))
+        self._writable(client)
+
+    def response(self, request: bytes) -> bytes:
+        """The whole HTTP response to one request head."""
+        path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+        if request.startswith(b"GET ") and path in (b"/metrics", b"/"):
+            st = {**self.snapshot(), "metrics_clients_evicted": self.evicted,
+                  "metrics_accept_starved": self.acceptor.starved if self.acceptor else 0}
+            body, status = render(st).encode(), b"200 OK"
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
+        return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+    def _writable(self, client: "_Client") -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if request.startswith(b"GET ") and path in (b"/metrics", b"/"):
-                body, status = render(self.snapshot()).encode(), b"200 OK"
-                ctype = b"text/plain; version=0.0.4; charset=utf-8"
-            else:
-                body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+            sent = client.sock.send(client.reply)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(client)
+            return
+        client.reply = client.reply[sent:]
+        if not client.reply:
+            self._drop(client)
+        elif not client.writing:
+            client.writing = True
+            self._loop.add_writer(client.fd, self._writable, client)
+
+    def _drop(self, client: "_Client") -> None:
+        if self.clients.pop(client.fd, None) is None:
+            return
+        self._loop.remove_reader(client.fd)
+        if client.writing:
+            self._loop.remove_writer(client.fd)
+        if client.expiry is not None:
+            client.expiry.cancel()
+        client.sock.close()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.acceptor = None
+        for client in list(self.clients.values()):
+            self._drop(client)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class _Client:
+    __slots__ = ("sock", "fd", "request", "reply", "writing", "expiry")
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.fd = sock, sock.fileno()
+        self.request = bytearray()
+        self.reply: memoryview | None = None  # None while the request is being read
+        self.writing = False  # a writer is registered for the rest of the reply
+        self.expiry: asyncio.TimerHandle | None = None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on an IP literal (v6: v6 only, as asyncio did)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
