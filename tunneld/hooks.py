@@ -6,9 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
 log = logging.getLogger("tunneld")
-HOOK_TIMEOUT = 60.0  # s a hook may run before it counts as failed
+HOOK_TIMEOUT = 60.0  # s a hook may run before it counts as failed (and its process group is killed)
+KILL_WAIT = 5.0  # s to wait for the shell after SIGKILL to its group
+MAX_LINE = 1024  # bytes of one output line logged; the rest of a longer line is cut
+READ_CHUNK = 16384  # bytes per read of a hook's output
+READS_PER_CALLBACK = 16  # reads per loop callback: then the loop serves the others
 
 
 class HookError(Exception):
@@ -24,21 +29,116 @@ def environment(name: str, mode: str, mtu: int, addresses, peer) -> dict[str, st
     return env
 
 
-async def run(kind: str, commands, env: dict[str, str]) -> None:
+async def run(kind: str, commands, env: dict[str, str], timeout: float = HOOK_TIMEOUT) -> None:
     """Run each command in order; raise HookError on the first that fails."""
     for command in commands:
-        proc = await asyncio.create_subprocess_shell(command, stdin=asyncio.subprocess.DEVNULL,
-                                                     stdout=asyncio.subprocess.PIPE,
-                                                     stderr=asyncio.subprocess.STDOUT, env=env)
+        await _run_one(kind, command, env, timeout)
+
+
+async def _run_one(kind: str, command: str, env: dict[str, str], timeout: float) -> None:
+    """One hook in a session of its own (so its process group can be killed),
+    its stdout and stderr on a pipe we read as it writes. Done when the shell
+    exits: not at the pipe's EOF, which a helper it left running may hold for
+    days; what that helper writes later is still logged (Output)."""
+    loop = asyncio.get_running_loop()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    output = Output(loop, rfd, f"{kind} hook")
+    try:
+        proc = await asyncio.create_subprocess_shell(command, stdin=asyncio.subprocess.DEVNULL, stdout=wfd,
+                                                     stderr=wfd, env=env, start_new_session=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the command (config refuses it first)
+        output.close()
+        raise HookError(command, 127, f"cannot start /bin/sh: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        os.close(wfd)
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout)
+    except BaseException as e:  # the timeout, or the daemon giving up on start-up: take the whole group down
+        _kill_group(proc.pid)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), HOOK_TIMEOUT)
+            await asyncio.wait_for(proc.wait(), KILL_WAIT)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise HookError(command, -9, f"killed after {HOOK_TIMEOUT:g} s") from None
-        text = out.decode(errors="replace").strip()
-        for line in text.splitlines():
-            log.info("%s hook: %s", kind, line)
-        if proc.returncode != 0:
-            raise HookError(command, proc.returncode, text)
-        log.info("%s hook %r done", kind, command)
+            log.warning("%s hook %r: its shell, pid %d, outlived SIGKILL for %g s", kind, command, proc.pid, KILL_WAIT)
+        output.finish()
+        if not isinstance(e, asyncio.TimeoutError):
+            raise
+        raise HookError(command, -signal.SIGKILL, f"killed after {timeout:g} s") from None
+    output.finish()
+    if code != 0:
+        raise HookError(command, code, output.last)
+    log.info("%s hook %r done", kind, command)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # every process of the group is gone already
+    except PermissionError as e:  # a member changed user: what we may kill is dead
+        log.warning("hook process group %d: %s", pgid, e.strerror)
+
+
+class Output:
+    """A hook's output, logged line by line as it comes, each line cut at
+    MAX_LINE bytes; `last` keeps the last line for the error message. After
+    the shell exits, `finish()` reads what is left and, if a process it left
+    behind still holds the pipe, keeps logging it until that process lets go:
+    the pipe is never closed under a helper (its next write would kill it
+    with SIGPIPE), and start-up never waits for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, prefix: str):
+        self.loop, self.fd, self.prefix = loop, fd, prefix
+        self.last = ""
+        self._line = bytearray()
+        self._cut = 0  # bytes dropped from the current line past MAX_LINE
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self.readable)
+
+    def readable(self) -> None:
+        for _ in range(READS_PER_CALLBACK):  # bounded: a chatty helper cannot hold the loop
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("%s: reading its output: %s", self.prefix, e.strerror)
+                self.close()
+                return
+            if not data:
+                self._flush()
+                self.close()
+                return
+            self._take(data)
+
+    def finish(self) -> None:
+        """The shell exited: log what it wrote (all of it is in the pipe by now)."""
+        if self.fd >= 0:
+            self.readable()
+        self._flush()
+
+    def _take(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        for i, part in enumerate(lines):
+            room = MAX_LINE - len(self._line)
+            self._line += part[:room]
+            self._cut += max(0, len(part) - room)
+            if i < len(lines) - 1:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._line and not self._cut:
+            return
+        text = self._line.decode(errors="replace").rstrip()
+        if self._cut:
+            text += f" ... ({self._cut} more bytes cut)"
+        self._line.clear()
+        self._cut = 0
+        if text:
+            self.last = text
+            log.info("%s: %s", self.prefix, text)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
