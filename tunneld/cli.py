@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         path = given[0] if given else None
     if path is None:
         parser.error("--config FILE is required" if args.command is None else "check: which config? (FILE)")
+    from tunneld import privileges
     try:
         cfg = config.load(path)
+        privileges.refuse_root(cfg)  # run_as uid 0: a config mistake too
     except config.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
