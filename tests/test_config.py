@@ -182,7 +182,7 @@ KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 def test_encrypted_config_reads_keys_through_read_secret():
     read = {}
 
-    def secret(path):
+    def secret(path, run_as):
         read[path] = True
         return KEY + "\n"
     cfg = parse(ENCRYPTED, "/etc/tunneld/site-a.yaml", read_secret=secret)

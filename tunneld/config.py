@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import errno
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import stat
 from dataclasses import dataclass, field, replace
@@ -20,7 +23,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tunneld import limits, routing
+from tunneld import limits, ownership, routing
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,40 +188,80 @@ def read_bounded(path: str, limit: int) -> bytes:
 
 def load(path: str) -> Config:
     """Read and parse a config file and the key files it names; an unreadable
-    file, or a key file others can read, is a ConfigError too."""
+    file, or a key file others can read, is a ConfigError too. As root, so is a
+    config, a file a hook names or a key file that anyone but root could change
+    (tunneld/ownership.py)."""
+    check_file = _check_file if os.geteuid() == 0 else None
+    if check_file is not None:
+        why = check_file(path)
+        if why is not None:
+            raise ConfigError(path, 0, "", why)
     try:
         text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
     except OSError as e:
         raise ConfigError(path, 0, "", f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, 0, "", "not UTF-8 text") from None
-    return parse(text, source=path, read_secret=_read_secret)
+    return parse(text, source=path, read_secret=_read_secret, check_file=check_file)
 
 
 def parse(text: str, source: str = "<config>",
-          read_secret: Callable[[str], str] | None = None) -> Config:
-    """`read_secret(path) -> text` reads a key file (load() passes the real one);
-    without it, key files are named but not read (Config.encryption.keys is None)."""
+          read_secret: Callable[[str, RunAs | None], str] | None = None,
+          check_file: Callable[[str], str | None] | None = None) -> Config:
+    """`read_secret(path, run_as) -> text` reads a key file (load() passes the real
+    one); without it, key files are named but not read (Config.encryption.keys is
+    None). `check_file(path) -> why or None` vets each key file and each
+    file a hook names before root acts on it (load() passes it when run as root)."""
     data, lines = _compose(text, source)
-    return _Reader(source, lines, read_secret).config(data)
+    return _Reader(source, lines, read_secret, check_file).config(data)
+
+
+ROOT_ONLY = ("started as root, tunneld takes its config, hooks and keys only from files "
+             "and folders that no one but root can change")
+
+
+def _check_file(path: str) -> str | None:
+    why = ownership.why_unsafe(path)
+    return f"{why}: {ROOT_ONLY}" if why is not None else None
 
 
 class SecretFileError(Exception):
     pass
 
 
-def _read_secret(path: str) -> str:
-    """A key file's text, refused when group or others may read it (like ssh and wg-quick)."""
+def _read_secret(path: str, run_as: RunAs | None = None) -> str:
+    """A key file's text, refused when others may read it, or its group unless
+    that is run_as's group (0640 root:tunneld: the dropped daemon reads it at a
+    reload, and nobody else can), like ssh and wg-quick."""
+    shown = ownership.quote(path)
     try:
         data = read_bounded(path, MAX_KEY_FILE_BYTES)
         # checked on the path after the read: the mode is the file's, whatever opened it
-        if os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            raise SecretFileError(f"{path} is readable by group or others (chmod 600 {path})")
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            if run_as is None:
+                raise SecretFileError(f"{shown} is readable by group or others (chmod 600 {shown})")
+            group = _run_as_group(run_as)
+            if st.st_mode & stat.S_IROTH or group is None or st.st_gid != group[1]:
+                name = group[0] if group else run_as.group or run_as.user
+                raise SecretFileError(f"{shown} is readable by others or a group other than run_as's "
+                                      f"(chmod 640 {shown}; chgrp {name} {shown})")
         return data.decode("ascii")
     except OSError as e:
-        raise SecretFileError(f"cannot read {path}: {e.strerror}") from None
+        raise SecretFileError(f"cannot read {shown}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise SecretFileError(f"{path} is not a base64 key") from None
+        raise SecretFileError(f"{shown} is not a base64 key") from None
+
+
+def _run_as_group(run_as: RunAs) -> tuple[str, int] | None:
+    """(name, gid) of the group tunneld drops to, or None (no such user or group)."""
+    try:
+        if run_as.group is not None:
+            return run_as.group, grp.getgrnam(run_as.group).gr_gid
+        gid = pwd.getpwnam(run_as.user).pw_gid
+        return grp.getgrgid(gid).gr_name, gid
+    except KeyError:
+        return None
 
 
 def decode_key(text: str) -> bytes | None:
@@ -254,6 +297,56 @@ class _Loader(yaml.SafeLoader):
 class _Refused(Exception):
     def __init__(self, line: int, message: str):
         self.line, self.message = line, message
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A scalar that YAML types but no Python value can hold: `2001-13-45` (a
+    timestamp in month 13), `!!bool maybe`, an integer of 5,000 digits. It fails
+    every type check, so the error names its key and shows the text as written."""
+    kind: str  # how _kind() names it: "an unreadable date or time", "an oversized integer", ...
+    text: str
+
+    def __repr__(self) -> str:  # as the text stands in the file, also inside a list's repr
+        return repr(self.text)
+
+
+MAX_NUMBER_CHARS = 100  # an integer or float written longer is refused unread (int() of 4,300+ digits raises)
+_CONSTRUCT_ERRORS = (ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError)
+
+
+def _guarded(construct: Callable, kind: str, numeric: bool = False) -> Callable:
+    """A SafeConstructor scalar constructor that returns Unreadable instead of
+    raising a Python error (PyYAML lets ValueError and KeyError escape for
+    `2024-02-30`, `!!int x`, `!!bool maybe`; they are not YAMLErrors)."""
+    def guarded(loader, node):
+        if numeric and isinstance(node.value, str) and len(node.value) > MAX_NUMBER_CHARS:
+            return Unreadable(f"an oversized {kind}", node.value)
+        try:
+            return construct(loader, node)
+        except _CONSTRUCT_ERRORS:
+            return Unreadable(f"an unreadable {kind}", str(node.value))
+    return guarded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_TEXT = "a string with a NUL or a lone surrogate"
+
+
+def _construct_str(loader, node):
+    """Strings as PyYAML makes them, but none holding NUL (no file name, device
+    name or command can) or a lone surrogate from a \\ud800 escape (not text)."""
+    value = loader.construct_yaml_str(node)
+    if "\0" in value or _SURROGATE.search(value):
+        return Unreadable(NOT_TEXT, value)
+    return value
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _guarded(yaml.SafeLoader.construct_yaml_int, "integer", numeric=True))
+_Loader.add_constructor("tag:yaml.org,2002:float", _guarded(yaml.SafeLoader.construct_yaml_float, "number", numeric=True))
+_Loader.add_constructor("tag:yaml.org,2002:bool", _guarded(yaml.SafeLoader.construct_yaml_bool, "boolean"))
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _guarded(yaml.SafeLoader.construct_yaml_timestamp,
+                                                                 "date or time"))
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[str, int]]:
@@ -388,18 +481,41 @@ _TYPE_NAMES = {
     bool: "a boolean", int: "an integer", float: "a number", str: "a string",
     list: "a list", dict: "a mapping", type(None): "nothing",
 }
+_OTHER_TYPE_NAMES = {  # what else safe_load makes: !!binary, timestamps, !!set, !!omap and !!pairs items
+    bytes: "binary data", datetime.date: "a date", datetime.datetime: "a date and time", set: "a set",
+    tuple: "a pair",
+}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
+_SHOWN_CHARS = 60  # of a value quoted in an error: enough to recognise it, never a screenful
+
+
 def _kind(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, Unreadable):
+        return value.kind
+    return _TYPE_NAMES.get(type(value), _OTHER_TYPE_NAMES.get(type(value), type(value).__name__))
+
+
+def _show(value: Any) -> str:
+    """A value as an error quotes it: its repr, cut short; the text as written for
+    what YAML typed but Python cannot hold. (No integer is too big for repr():
+    MAX_NUMBER_CHARS keeps them far below 4,300 digits.)"""
+    if isinstance(value, Unreadable):
+        value = value.text
+    elif isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    elif isinstance(value, (list, dict, set, tuple, bytes)) and len(value) > 8:
+        return f"of {len(value)} items" if not isinstance(value, bytes) else f"of {len(value)} bytes"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
 
 
 class _Reader:
-    def __init__(self, source: str, lines: dict[str, int], read_secret=None):
-        self.source, self.lines, self.read_secret = source, lines, read_secret
+    def __init__(self, source: str, lines: dict[str, int], read_secret=None, check_file=None):
+        self.source, self.lines, self.read_secret, self.check_file = source, lines, read_secret, check_file
 
     def error(self, path: str, message: str) -> ConfigError:
         probe = path
@@ -414,7 +530,7 @@ class _Reader:
             raise self.error(path, f"expected a mapping, got {_kind(value)}")
         for key in value:
             if not isinstance(key, str):
-                raise self.error(path, f"keys must be strings, got {key!r}")
+                raise self.error(path, f"keys must be strings, got {_show(key)}")
             if key not in allowed:
                 sub = f"{path}.{key}" if path else key
                 known = ", ".join(sorted(allowed))
@@ -425,13 +541,17 @@ class _Reader:
 
     def typed(self, value: Any, path: str, kind: type, hint: str = "") -> Any:
         if type(value) is not kind:  # bool is an int subclass; YAML's 'yes' must not pass as 1
+            if not hint and kind is str and not isinstance(value, (list, dict)) \
+                    and not (isinstance(value, Unreadable) and value.kind == NOT_TEXT):
+                hint = "quote it: unquoted, YAML reads it as another type"
             extra = f" ({hint})" if hint else ""
-            raise self.error(path, f"expected {_TYPE_NAMES[kind]}, got {_kind(value)} {value!r}{extra}")
+            raise self.error(path, f"expected {_TYPE_NAMES[kind]}, got {_kind(value)} {_show(value)}{extra}")
         return value
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise self.error(path, f"expected one of {' | '.join(choices)}, got {value!r}")
+            got = _show(value) if isinstance(value, str) else f"{_kind(value)} {_show(value)}"
+            raise self.error(path, f"expected one of {' | '.join(choices)}, got {got}")
         return value
 
     def str_list(self, value: Any, path: str) -> list[str]:
@@ -464,12 +584,12 @@ class _Reader:
             m = self.mapping(top["metrics"], "metrics", _children("metrics"), {"listen"})
             metrics = self.endpoint(m["listen"], "metrics.listen")
             if not is_ip(metrics.host):
-                raise self.error("metrics.listen", f"expected an IP address to bind, got {metrics.host!r}")
+                raise self.error("metrics.listen", f"expected an IP address to bind, got {_show(metrics.host)}")
         name = None
         if "name" in top:
             name = self.typed(top["name"], "name", str)
             if not _NAME.match(name):
-                raise self.error("name", f"expected letters, digits, '.', '_' and '-' (at most 64), got {name!r}")
+                raise self.error("name", f"expected letters, digits, '.', '_' and '-' (at most 64), got {_show(name)}")
         if routing.full_tunnel(interface.routes) and transport.fwmark is None:
             transport = replace(transport, fwmark=routing.FULL_TUNNEL_MARK)
         if transport.fwmark is not None and run_as is not None and not run_as.keep_net_admin:
@@ -481,7 +601,7 @@ class _Reader:
                                  "to mark every new connection: keep it (true)")
         cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics, name)
         if encryption is not None and self.read_secret is not None:
-            cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption)))
+            cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption, run_as)))
         return cfg
 
     def run_as(self, value: Any) -> RunAs:
@@ -491,20 +611,27 @@ class _Reader:
         keep = self.typed(m.get("keep_net_admin", True), "run_as.keep_net_admin", bool)
         for key, name in (("run_as.user", user), ("run_as.group", group)):
             if name is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$", name):
-                raise self.error(key, f"not a user or group name: {name!r}")
+                raise self.error(key, f"not a user or group name: {_show(name)}")
         return RunAs(user, group, keep)
 
     def hooks(self, value: Any) -> Hooks:
         m = self.mapping(value, "hooks", _children("hooks"), set())
         up = tuple(self.str_list(m.get("up", []), "hooks.up"))
         down = tuple(self.str_list(m.get("down", []), "hooks.down"))
+        if self.check_file is not None:  # root runs them (the down ones too without run_as): root's alone
+            for kind, commands in (("up", up), ("down", down)):
+                for i, command in enumerate(commands):
+                    for path in ownership.named_files(command):
+                        why = self.check_file(path)
+                        if why is not None:
+                            raise self.error(f"hooks.{kind}[{i}]", why)
         return Hooks(up, down)
 
     def encryption(self, value: Any) -> EncryptionConfig | None:
         if value == "none":
             return None
         if not isinstance(value, dict):
-            raise self.error("encryption", f"expected 'none' or a mapping of keys, got {value!r}")
+            raise self.error("encryption", f"expected 'none' or a mapping of keys, got {_show(value)}")
         m = self.mapping(value, "encryption", _children("encryption"), {"private_key_file", "peer_public_key"})
         private = self.path(m["private_key_file"], "encryption.private_key_file")
         psk = self.path(m["preshared_key_file"], "encryption.preshared_key_file") if "preshared_key_file" in m else None
@@ -512,9 +639,9 @@ class _Reader:
         peer_key = decode_key(peer)
         if peer_key is None:
             raise self.error("encryption.peer_public_key", f"expected a base64 public key of {KEY_BYTES} bytes "
-                             f"(as 'wg pubkey' or 'tunneld pubkey' print), got {peer!r}")
+                             f"(as 'wg pubkey' or 'tunneld pubkey' print), got {_show(peer)}")
         if is_low_order(peer_key):
-            raise self.error("encryption.peer_public_key", f"{peer!r} is a low-order point: no shared secret "
+            raise self.error("encryption.peer_public_key", f"{_show(peer)} is a low-order point: no shared secret "
                              "can come of it (a broken or hostile key)")
         compatible = self.typed(m.get("wireguard_compatible", False), "encryption.wireguard_compatible", bool)
         allowed = None
@@ -531,15 +658,18 @@ class _Reader:
             return value
         return os.path.join(os.path.dirname(os.path.abspath(self.source)), value)
 
-    def keys(self, enc: EncryptionConfig) -> Keys:
+    def keys(self, enc: EncryptionConfig, run_as: RunAs | None) -> Keys:
         def secret(path: str, key_path: str) -> bytes:
+            why = self.check_file(path) if self.check_file is not None else None
+            if why is not None:
+                raise self.error(key_path, why)
             try:
-                text = self.read_secret(path)
+                text = self.read_secret(path, run_as)
             except SecretFileError as e:
                 raise self.error(key_path, str(e)) from None
             key = decode_key(text)
             if key is None:
-                raise self.error(key_path, f"{path} does not hold a base64 key of {KEY_BYTES} bytes "
+                raise self.error(key_path, f"{ownership.quote(path)} does not hold a base64 key of {KEY_BYTES} bytes "
                                  "(make one with 'tunneld genkey' or 'tunneld genpsk')")
             return key
         private = secret(enc.private_key_file, "encryption.private_key_file")
@@ -549,9 +679,9 @@ class _Reader:
     def ifname(self, value: Any, path: str) -> str:
         self.typed(value, path, str)
         if not value or len(value.encode()) >= IFNAMSIZ:
-            raise self.error(path, f"interface names are 1 to {IFNAMSIZ - 1} bytes, got {value!r}")
+            raise self.error(path, f"interface names are 1 to {IFNAMSIZ - 1} bytes, got {_show(value)}")
         if value in (".", "..") or any(c in value for c in "/: \t\n") :
-            raise self.error(path, f"not a valid interface name: {value!r}")
+            raise self.error(path, f"not a valid interface name: {_show(value)}")
         return value
 
     def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
@@ -562,7 +692,7 @@ class _Reader:
         if persistent and name is None:
             raise self.error("interface.persistent", "a persistent device needs interface.name")
         if persistent and "%" in name:
-            raise self.error("interface.name", f"a persistent device needs its exact name, got {name!r}")
+            raise self.error("interface.name", f"a persistent device needs its exact name, got {_show(name)}")
 
         addresses = tuple(self.address(a, f"interface.addresses[{i}]")
                           for i, a in enumerate(self.str_list(m.get("addresses", []), "interface.addresses")))
@@ -576,9 +706,9 @@ class _Reader:
         default_mtu = limits.DEFAULT_TAP_MTU if mode == "tap" else limits.DEFAULT_TUN_MTU
         mtu = self.typed(m.get("mtu", default_mtu), "interface.mtu", int)
         if not limits.MIN_MTU <= mtu <= limits.MAX_MTU:
-            raise self.error("interface.mtu", f"expected {limits.MIN_MTU} to {limits.MAX_MTU}, got {mtu}")
+            raise self.error("interface.mtu", f"expected {limits.MIN_MTU} to {limits.MAX_MTU}, got {_show(mtu)}")
         if mtu < limits.IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
-            raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {mtu}")
+            raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {_show(mtu)}")
         frame = limits.max_packet(mode, mtu) + (encryption_overhead(mode, False) if encrypted else 0)
         if transport.protocol == "tcp" and not encrypted and frame > limits.SIMPLETUN_BUFFER:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames; plaintext TCP is simpletun's "
@@ -596,10 +726,10 @@ class _Reader:
                 raise self.error("interface.mac", "only a tap device has a MAC address")
             mac = self.typed(m["mac"], "interface.mac", str, "quote it: unquoted, YAML can read a MAC address as a number")
             if not _MAC.match(mac):
-                raise self.error("interface.mac", f"expected a MAC address like 02:00:00:00:00:01, got {mac!r}")
+                raise self.error("interface.mac", f"expected a MAC address like 02:00:00:00:00:01, got {_show(mac)}")
             first = int(mac[:2], 16)
             if first & 1 or mac.replace(":", "") == "0" * 12:
-                raise self.error("interface.mac", f"expected a unicast, nonzero MAC address, got {mac!r}")
+                raise self.error("interface.mac", f"expected a unicast, nonzero MAC address, got {_show(mac)}")
             mac = mac.lower()
         if m.get("bridge") is not None:
             if mode != "tap":
@@ -613,24 +743,24 @@ class _Reader:
 
     def address(self, text: str, path: str) -> IPInterface:
         if "/" not in text:
-            raise self.error(path, f"expected address/prefix, got {text!r}")
+            raise self.error(path, f"expected address/prefix, got {_show(text)}")
         try:
             return ipaddress.ip_interface(text)
         except ValueError:
-            raise self.error(path, f"expected address/prefix, got {text!r}") from None
+            raise self.error(path, f"expected address/prefix, got {_show(text)}") from None
 
     def network(self, text: str, path: str) -> IPNetwork:
         try:
             return ipaddress.ip_network(text, strict=True)
         except ValueError as e:
             if "host bits" in str(e):
-                raise self.error(path, f"{text!r} has host bits set") from None
-            raise self.error(path, f"expected network/prefix, got {text!r}") from None
+                raise self.error(path, f"{_show(text)} has host bits set") from None
+            raise self.error(path, f"expected network/prefix, got {_show(text)}") from None
 
     def endpoint(self, value: Any, path: str) -> Endpoint:
         if not isinstance(value, str):
-            raise self.error(path, f"expected host:port, got {_kind(value)} {value!r}")
-        bad = self.error(path, f"expected host:port, got {value!r}")
+            raise self.error(path, f"expected host:port, got {_kind(value)} {_show(value)}")
+        bad = self.error(path, f"expected host:port, got {_show(value)}")
         if value.startswith("["):
             host, sep, port = value[1:].partition("]:")
             if not sep:
@@ -638,20 +768,20 @@ class _Reader:
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
-                raise self.error(path, f"not an IPv6 address: {host!r}") from None
+                raise self.error(path, f"not an IPv6 address: {_show(host)}") from None
         else:
             host, sep, port = value.rpartition(":")
             if not sep or not host or ":" in host:
                 raise bad
             if not _HOSTNAME.match(host):
-                raise self.error(path, f"not an IPv4 address or host name: {host!r}")
+                raise self.error(path, f"not an IPv4 address or host name: {_show(host)}")
             if host.replace(".", "").isdigit():
                 try:
                     ipaddress.IPv4Address(host)
                 except ValueError:
-                    raise self.error(path, f"not an IPv4 address: {host!r}") from None
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise self.error(path, f"port must be 1 to 65535, got {port!r}")
+                    raise self.error(path, f"not an IPv4 address: {_show(host)}") from None
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:  # not '²', which int() refuses
+            raise self.error(path, f"port must be 1 to 65535, got {_show(port)}")
         return Endpoint(host, int(port))
 
     def transport(self, value: Any) -> TransportConfig:
@@ -668,17 +798,17 @@ class _Reader:
             if lv6 is False and rv6 is True:
                 raise self.error("transport.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
         if listen is not None and not is_ip(listen.host):
-            raise self.error("transport.listen", f"expected an IP address to bind, got {listen.host!r}")
+            raise self.error("transport.listen", f"expected an IP address to bind, got {_show(listen.host)}")
         keepalive = None
         if "keepalive" in m:
             keepalive = self.typed(m["keepalive"], "transport.keepalive", int)
             if not 1 <= keepalive <= 65535:
-                raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {keepalive}")
+                raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {_show(keepalive)}")
         fwmark = None
         if "fwmark" in m:
             fwmark = self.typed(m["fwmark"], "transport.fwmark", int)
             if not 1 <= fwmark <= 0xFFFFFFFF:
-                raise self.error("transport.fwmark", f"expected 1 to {0xFFFFFFFF}, got {fwmark}")
+                raise self.error("transport.fwmark", f"expected 1 to {0xFFFFFFFF}, got {_show(fwmark)}")
         return TransportConfig(protocol, listen, remote, keepalive, fwmark)
 
 
