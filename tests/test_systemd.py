@@ -106,11 +106,12 @@ class Container:
             raise AssertionError(f"[{self.name}] {' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
         return p
 
-    def write(self, path: str, text: str, owner: str = "tunneld") -> None:
+    def write(self, path: str, text: str, owner: str = "root:tunneld", mode: str = "640") -> None:
+        """As scripts/install lays /etc/tunneld out: root's, read by the tunneld group."""
         target = self.root / path.lstrip("/")
         target.write_text(text)
-        self.run("chown", f"{owner}:", path)
-        self.run("chmod", "600", path)
+        self.run("chown", owner, path)
+        self.run("chmod", mode, path)
 
     def show(self, unit: str, prop: str) -> str:
         return self.run("systemctl", "show", "-p", prop, "--value", unit).stdout.strip()
@@ -168,9 +169,13 @@ def test_under_real_systemd(lab, sites):
     for c, me, peer, remote in ((london, 1, "paris", True), (paris, 2, "london", False)):
         install = c.run("env", "TUNNELD_WHEELS=/wheels", "/src/scripts/install", timeout=300)
         assert "installed" in install.stdout
+        # what an earlier install left: /etc/tunneld and its files the tunneld user's
+        c.run("chown", "-R", "tunneld:tunneld", "/etc/tunneld")
+        c.run("chmod", "700", "/etc/tunneld", "/etc/tunneld/site-a.yaml")
         again = c.run("env", "TUNNELD_WHEELS=/wheels", "/src/scripts/install", timeout=300)  # idempotent
         assert "installed" in again.stdout
-        assert c.run("stat", "-c", "%a %U", "/etc/tunneld").stdout.split() == ["700", "tunneld"]
+        for path, want in (("/etc/tunneld", "750 root tunneld"), ("/etc/tunneld/site-a.yaml", "640 root tunneld")):
+            assert c.run("stat", "-c", "%a %U %G", path).stdout.strip() == want, path
         yaml, _ = site_config(me, "", pub[peer], remote)
         c.write("/etc/tunneld/site.key", base64.b64encode(keys[c.name]).decode() + "\n")
         c.write(f"/etc/tunneld/{c.name}.yaml", yaml.replace("site.key", "/etc/tunneld/site.key"))
@@ -244,6 +249,14 @@ def test_under_real_systemd(lab, sites):
     assert london.show("tunneld@broken", "ExecMainStatus") == "2"
     assert london.show("tunneld@broken", "NRestarts") == "0"
     assert "transport: udp needs listen, remote, or both" in london.journal("tunneld@broken")
+    # a config the tunneld user could change: root does not start from it (exit 2, no restart)
+    london.write("/etc/tunneld/owned.yaml", good, owner="tunneld:tunneld", mode="600")
+    assert london.run("systemctl", "start", "tunneld@owned", check=False).returncode != 0
+    time.sleep(5)
+    assert london.show("tunneld@owned", "ExecMainStatus") == "2"
+    assert london.show("tunneld@owned", "NRestarts") == "0"
+    assert ("/etc/tunneld/owned.yaml belongs to user tunneld, not root (chown root /etc/tunneld/owned.yaml)"
+            in london.journal("tunneld@owned"))
 
     # stop
     for c in (london, paris):
