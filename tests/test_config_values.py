@@ -165,6 +165,19 @@ def test_any_yaml_value_as_a_key_is_a_config_or_one_config_error(base, section, 
         assert "\n" not in str(e) and str(e).startswith("fuzz.yaml:")
 
 
+@pytest.mark.parametrize("key", ['"a\\nb"', '"\\u2028"', '"\\t"', '"' + "k" * 1000 + '"'],
+                         ids=["newline", "u2028", "tab", "long"])
+def test_an_odd_key_stays_on_the_errors_one_line(key):
+    for section in ("interface", "transport", "encryption", "run_as", "hooks", "metrics"):
+        with pytest.raises(ConfigError) as e:
+            _parse(render(TUN, section, extra_key=key))
+        assert "\n" not in str(e.value) and str(e.value).isprintable() and len(str(e.value)) < 400, str(e.value)
+        assert "unknown key" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        _parse(f"interface: {{{key}: 1, {key}: 2}}\n")
+    assert "\n" not in str(e.value) and str(e.value).endswith("duplicate key")
+
+
 def test_the_bases_are_valid():
     for base in (TUN, TAP):
         _parse(render(base, "name"))

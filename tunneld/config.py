@@ -381,7 +381,7 @@ def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str
         seen: set[str] = set()
         for key, value in node.value:
             name = str(key.value)
-            sub = f"{path}.{name}" if path else name
+            sub = f"{path}.{_key_name(name)}" if path else _key_name(name)
             if name in seen:
                 raise ConfigError(source, key.start_mark.line + 1, sub, "duplicate key")
             seen.add(name)
@@ -513,6 +513,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
 
 
+def _key_name(key: str) -> str:
+    """A key as a key path shows it: as written, or quoted and cut short when it
+    would break the error's one line (a newline) or fill it."""
+    return key if key.isprintable() and len(key) <= _SHOWN_CHARS else _show(key)
+
+
 class _Reader:
     def __init__(self, source: str, lines: dict[str, int], read_secret=None, check_file=None):
         self.source, self.lines, self.read_secret, self.check_file = source, lines, read_secret, check_file
@@ -532,7 +538,7 @@ class _Reader:
             if not isinstance(key, str):
                 raise self.error(path, f"keys must be strings, got {_show(key)}")
             if key not in allowed:
-                sub = f"{path}.{key}" if path else key
+                sub = f"{path}.{_key_name(key)}" if path else _key_name(key)
                 known = ", ".join(sorted(allowed))
                 raise self.error(sub, f"unknown key (expected one of: {known})")
         for key in sorted(required - value.keys()):
