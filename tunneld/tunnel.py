@@ -153,7 +153,7 @@ class Tunnel:
                 return
             header = virtio.unpack(packet)
             packet = memoryview(packet)[VNET_HEADER:]
-        n = len(packet)
+        n = size = len(packet)
         if self.mode == "tun":
             version = packet[0] >> 4
             if version == 4 and n >= 20:
@@ -180,12 +180,12 @@ class Tunnel:
             rx.errors += 1
             self.note(now, "malformed", "warning", f"dropped a malformed {n}-byte frame from {_fmt(addr)}")
             return
-        if len(packet) > self.max_packet and (header is None or not header.gso):
+        if size > self.max_packet and (header is None or not header.gso):
             # the kernel would take it (a write to TUN/TAP is not held to the MTU) and route it on; the
             # coalescer joins only what passed here, so its segments fit too (a super-packet's: virtio.check)
             rx.errors += 1
             what = "frame" if self.tap else "packet"
-            self.note(now, "oversize", "warning", f"dropped a {len(packet)}-byte {what} from {_fmt(addr)}: over "
+            self.note(now, "oversize", "warning", f"dropped a {size}-byte {what} from {_fmt(addr)}: over "
                       f"the {self.max_packet}-byte {'frame limit' if self.tap else 'MTU'} of the interface")
             return
         lay = None
