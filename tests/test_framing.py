@@ -125,3 +125,80 @@ def test_any_stream_in_any_pieces(stream, cuts):
     want, want_error = _reference(stream, 40)
     assert got == want
     assert error == want_error
+
+
+# --- a limit per feed: how a reader bounds the work of one callback ---------------------
+
+# (name, chunk, limit, frames from each feed until `more` is false)
+LIMIT_CASES = [
+    ("under the limit", frame(P1) + frame(P2), 3, [[P1, P2]]),
+    ("exactly the limit", frame(P1) + frame(P2), 2, [[P1, P2]]),
+    ("one at a time", frame(P1) + frame(P2) + frame(P3), 1, [[P1], [P2], [P3]]),
+    ("two, then the rest", frame(P1) * 5, 2, [[P1, P1], [P1, P1], [P1]]),
+    ("a partial frame after the limit", frame(P1) + frame(P2)[:5], 1, [[P1], []]),
+    ("no limit", frame(P1) * 5, 0, [[P1] * 5]),
+]
+
+
+@pytest.mark.parametrize("name,chunk,limit,expected", LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES])
+def test_limit(name, chunk, limit, expected):
+    d = FrameDecoder(1420)
+    got = [d.feed(chunk, limit)]
+    while d.more:
+        got.append(d.feed(b"", limit))
+    assert got == expected
+
+
+def test_a_read_of_one_byte_frames_is_handed_over_in_slices():
+    d = FrameDecoder(1420)
+    read = b"\x00\x01\x45" * 21845  # 64 KB: what one recv can bring
+    sizes = [len(d.feed(read, 256))]
+    while d.more:
+        sizes.append(len(d.feed(b"", 256)))
+    assert max(sizes) == 256 and sum(sizes) == 21845
+    assert d.pending == 0
+
+
+def test_an_error_past_the_limit_comes_when_it_is_reached():
+    d = FrameDecoder(1420)
+    assert d.feed(frame(P1) + b"\x00\x00", 1) == [P1]
+    assert d.more
+    with pytest.raises(FramingError) as e:
+        d.feed(b"", 1)
+    assert e.value.kind == "zero-length"
+
+
+def test_max_frame_can_be_raised_between_feeds():
+    """A TCP candidate's opening is held to a handshake's size, its later frames are not."""
+    d = FrameDecoder(148)
+    assert d.feed(frame(b"\x01" * 148) + frame(P3), 1) == [b"\x01" * 148]
+    d.max_frame = 1420
+    assert d.feed(b"", 1) == [P3]
+    with pytest.raises(FramingError):
+        FrameDecoder(148).feed(frame(b"\x01" * 149))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=60), st.integers(min_value=1, max_value=10),
+       st.lists(st.integers(min_value=1, max_value=100), max_size=20))
+def test_limited_feeds_give_the_same_frames(payloads, limit, cuts):
+    """Any stream, cut anywhere, drained `limit` frames at a time: the same frames,
+    in order, never more than `limit` per call, and never more than one read held."""
+    stream = b"".join(frame(p) for p in payloads)
+    pieces, pos = [], 0
+    for c in cuts:
+        pieces.append(stream[pos:pos + c])
+        pos += c
+    pieces.append(stream[pos:])
+    d, got = FrameDecoder(40), []
+    for p in pieces:
+        out = d.feed(p, limit)
+        while True:
+            assert len(out) <= limit
+            got += out
+            if not d.more:
+                break
+            out = d.feed(b"", limit)
+        assert d.pending <= 2 + 40 + 100
+    assert got == payloads
+    d.eof()

@@ -43,7 +43,11 @@ class FrameDecoder:
 
     feed() returns the frames completed by the new bytes (possibly none,
     possibly many); eof() says whether the stream stopped mid-frame.
-    The buffer never holds more than one partial frame plus one read.
+    With a `limit`, feed() returns at most that many and keeps the rest,
+    setting `more`: call feed(b"", limit) until `more` is false before
+    feeding another read, and the buffer never holds more than one partial
+    frame plus one read. (A limit is how a reader bounds the work of one
+    callback: a 64 KB read can hold 21,845 one-byte frames.)
     """
 
     def __init__(self, max_frame: int):
@@ -51,14 +55,22 @@ class FrameDecoder:
             raise ValueError(f"max_frame must be 1..{MAX_LENGTH_FIELD}, got {max_frame}")
         self.max_frame = max_frame
         self.big_limit = 0  # > 0: big frames (over 65,535 bytes, up to this) are accepted
+        self.more = False  # the last feed() stopped at its limit: frames may be waiting
         self._buf = bytearray()
 
-    def feed(self, data: bytes | memoryview) -> list[bytes]:
+    def feed(self, data: bytes | memoryview, limit: int = 0) -> list[bytes]:
+        """The frames the buffered bytes and `data` complete; at most `limit` (> 0)."""
         buf = self._buf
-        buf += data
+        if data:
+            buf += data
         frames = []
         pos, end = 0, len(buf)
+        cap = limit if limit > 0 else -1  # a length never equals -1: no limit
+        self.more = False
         while end - pos >= LENGTH_PREFIX:
+            if len(frames) == cap:
+                self.more = True
+                break
             n = (buf[pos] << 8) | buf[pos + 1]
             prefix = LENGTH_PREFIX
             if n == 0:
@@ -86,7 +98,7 @@ class FrameDecoder:
 
     @property
     def pending(self) -> int:
-        """Bytes of an unfinished frame held back."""
+        """Bytes held back: an unfinished frame, and frames a limit left for later."""
         return len(self._buf)
 
     def eof(self) -> None:
