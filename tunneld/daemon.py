@@ -20,6 +20,7 @@ import time
 
 from tunneld import config as configmod
 from tunneld import control, hooks, mss, netaddr, privileges, routing, rtnl
+from tunneld.candidates import Opening
 from tunneld.config import Config
 from tunneld.device import TunTap
 from tunneld.errors import StartupError
@@ -33,11 +34,16 @@ from tunneld.session import PlaintextSession
 from tunneld.tcp import TcpTransport
 from tunneld.tunnel import Tunnel
 from tunneld.udp import UdpTransport
+from tunneld.wg import messages
+from tunneld.wg.constants import INITIATION_SIZE, MESSAGE_INITIATION
 from tunneld.wg.peer import WireGuardSession
 from tunneld.wg.primitives import DHError, public_of
 
 log = logging.getLogger("tunneld")
 STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
+# what a new TCP connection to an encrypted listener must open with: an initiation
+# (type and size; reserved bytes and the rest are the session's to judge)
+OPENING = Opening(INITIATION_SIZE, lambda m: messages.classify(m, strict_reserved=False) == MESSAGE_INITIATION)
 
 
 async def run(cfg: Config, log_override: str | None = None) -> int:
@@ -171,6 +177,7 @@ class Daemon:
             self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.messages,
                                                      relay.peer_up, relay.peer_down, relay.transport_error,
                                                      authenticated=cfg.encryption is not None, note=relay.note,
+                                                     opening=OPENING if cfg.encryption is not None else None,
                                                      counters=core.counters)
         relay.transport = self.transport
 

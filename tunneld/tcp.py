@@ -8,14 +8,24 @@ authenticate:
 - plaintext (simpletun): the new connection replaces the current one at once.
   Anyone who can reach the port can take the tunnel over; `listen` on the
   underlay address the peer uses, and a firewall, are all that limit it.
-- encrypted: the new connection is a *candidate*. It may send handshake
-  messages and gets nothing but what the session addresses to it (handshake
-  responses, cookie replies); it takes over only once the session accepts an
-  authenticated message from it (`peer_moved`). Candidates are few
-  (CANDIDATES_MAX, CANDIDATES_PER_SOURCE from one IP) and short-lived
-  (CANDIDATE_TIMEOUT), so strangers cannot cut the tunnel or hold the listener.
+- encrypted: the new connection is a *candidate*. Its first message must be
+  the session's opening (`Opening`: a handshake initiation), each of its
+  messages goes to the session alone, and it gets nothing but what the session
+  addresses to it (handshake responses, cookie replies); it takes over only
+  once the session accepts an authenticated message from it (`peer_moved`).
+  Candidates are few, short-lived and evicted rather than refused, so
+  strangers can neither cut the tunnel nor keep the peer out: the rules and
+  why are in candidates.py.
 
+    listener readable --_acceptable()--> accept, at most ACCEPT_BURST per callback
+        encrypted: the candidate is read at once (TCP_DEFER_ACCEPT: its opening
+        is there) --> promoted, refused, or it waits; room is made by evicting
+    candidate readable --_candidate_readable()--> one read of CANDIDATE_READ,
+        its messages one at a time --> on_messages([message], addr)
     socket readable --_readable()--> FrameDecoder.feed --> on_messages(frames, addr)
+        at most READ_FRAMES frames and READ_BYTES bytes per callback: the rest
+        waits in the kernel (the loop calls again) or, frames already read, in
+        the decoder (a call_soon carries on), so no input holds the loop
     send(message) --> header+packet in one send(); the unsent tail waits in a
                       bounded per-connection queue; past it, whole frames drop
     send_many(messages) --> all their frames in one send()
@@ -29,7 +39,8 @@ import collections
 import logging
 import socket
 
-from tunneld import framing, netaddr
+from tunneld import candidates, framing, netaddr
+from tunneld.candidates import CANDIDATE_MESSAGES, CANDIDATE_TIMEOUT, Opening, Stage
 from tunneld.config import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM, TransportConfig
 from tunneld.errors import StartupError
 from tunneld.framing import FrameDecoder, FramingError
@@ -38,10 +49,14 @@ from tunneld.limits import (CONNECT_TIMEOUT, MAX_IP_PACKET, RECONNECT_INITIAL, R
                             TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES, VNET_HEADER, link_header)
 
 log = logging.getLogger("tunneld")
-DRAIN_BURST = 64  # reads per callback; the loop calls again while more wait
-CANDIDATES_MAX = 8  # unauthenticated connections held at once; more are closed on accept
-CANDIDATES_PER_SOURCE = 2  # from one IP: a third closes that IP's oldest
-CANDIDATE_TIMEOUT = 5.0  # s (REKEY_TIMEOUT): a candidate that has not authenticated by then is closed
+# the work of one callback on a connection, so that no input holds the loop: at
+# ~600 MB/s (encrypted, super-packets) 512 KiB is under a millisecond, and 256
+# frames (the relay's DRAIN_BURST) of the smallest kind a few milliseconds
+READ_FRAMES = 256
+READ_BYTES = 512 * 1024
+CANDIDATE_READ = 4096  # bytes per callback from a candidate: an opening and then some
+ACCEPT_BURST = 16  # connections accepted per callback; the loop calls again while more wait
+LISTEN_BACKLOG = 64  # connections the kernel completes before we accept them
 KEEPALIVE = (15, 5, 3)  # s idle, s between probes, probes: a silent dead peer is noticed in ~30 s
 USER_TIMEOUT = 30_000  # ms unacknowledged data may wait before the kernel gives up
 # the largest message a super-packet makes: transport header and tag, TAP padding
@@ -50,23 +65,33 @@ BIG_FRAME = ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM + VNET_HEADER + link_head
 
 
 class _Connection:
-    __slots__ = ("sock", "fd", "addr", "decoder", "out", "closed", "expiry")
+    __slots__ = ("sock", "fd", "addr", "decoder", "out", "closed", "expiry", "resume",
+                 "source", "stage", "ticket", "budget", "answers")
 
     def __init__(self, sock: socket.socket, addr: Address, max_frame: int):
         self.sock, self.fd, self.addr = sock, sock.fileno(), addr
         self.decoder = FrameDecoder(max_frame)
         self.out: collections.deque[memoryview | bytes] = collections.deque()
         self.closed = False
-        self.expiry: asyncio.TimerHandle | None = None  # a candidate's deadline
+        self.resume: asyncio.Handle | None = None  # a call_soon for frames a callback's budget left
+        # a candidate's (candidates.Candidate): its deadline, rank and what it may still send
+        self.expiry: asyncio.TimerHandle | None = None
+        self.source = b""
+        self.stage = Stage.OPENING
+        self.ticket = 0
+        self.budget = CANDIDATE_MESSAGES
+        self.answers = 0  # messages the session addressed to it
 
 
 class TcpTransport:
     """Contract: `tunneld.io.Transport`, plus peer up/down callbacks."""
 
     def __init__(self, cfg: TransportConfig, max_frame: int, on_messages: OnMessages,
-                 on_up, on_down, on_error, *, authenticated: bool = False, note=None, counters=None):
+                 on_up, on_down, on_error, *, authenticated: bool = False, opening: Opening | None = None,
+                 note=None, counters=None):
         """`on_up(addr, dialled)`: a connection became the peer's. `authenticated`:
-        the session proves who sent what, so new connections are candidates (above).
+        the session proves who sent what, so new connections are candidates (above),
+        and `opening` says what their first message must be (None: any message).
         `note(kind, level, text)`: a log line at most once per interval per kind."""
         self.cfg = cfg
         self.max_frame = max_frame
@@ -76,6 +101,9 @@ class TcpTransport:
         self.note = note or (lambda kind, level, text: log.info("%s", text))
         self.conn: _Connection | None = None
         self.candidates: dict[Address, _Connection] = {}
+        self.opening = opening
+        self.peer_source: bytes | None = None  # candidates.source_of() where the peer last authenticated
+        self._tickets = 0  # candidates' progress, in order
         self.counters = counters  # the core's: candidates_refused is counted here
         self.listener: socket.socket | None = None
         self._buf = bytearray(max(TCP_RECV_CHUNK, max_frame + 2))
@@ -107,8 +135,10 @@ class TcpTransport:
         """The session agreed on super-packets with the peer (or no longer has):
         accept frames over 64 KB from now on (or not). Plaintext never does."""
         self.big_limit = self.big_frame if allow else 0
-        for conn in [self.conn, *self.candidates.values()]:
-            if conn is not None:
+        if self.conn is not None:
+            self.conn.decoder.big_limit = self.big_limit
+        for conn in self.candidates.values():
+            if conn.stage is not Stage.OPENING:  # an opening is a handshake message, never big
                 conn.decoder.big_limit = self.big_limit
 
     # --- server side ----------------------------------------------------------
@@ -120,8 +150,13 @@ class TcpTransport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old conns sit in TIME_WAIT
             netaddr.dual_stack(sock, ep)
             netaddr.mark(sock, self.cfg.fwmark)  # accepted connections inherit it
+            if self.authenticated:
+                # the peer speaks first (its initiation, the moment it connects): the kernel
+                # hands a connection over once data came, so the initiation is read with
+                # the accept; a silent one waits in the kernel (about 7 s for 5) first
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(CANDIDATE_TIMEOUT))
             sock.bind(netaddr.bind_address(ep, self.family))
-            sock.listen(8)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
         except OSError as e:
             sock.close()
@@ -131,7 +166,7 @@ class TcpTransport:
         log.info("tcp: listening on %s", format_address(sock.getsockname()))
 
     def _acceptable(self) -> None:
-        while True:
+        for _ in range(ACCEPT_BURST):
             try:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -151,28 +186,94 @@ class TcpTransport:
             self._attach(sock, addr)
 
     def _add_candidate(self, sock: socket.socket, addr: Address) -> None:
-        same_source = [c for c in self.candidates.values() if c.addr[0] == addr[0]]
-        if len(same_source) >= CANDIDATES_PER_SOURCE:
-            self._refuse(same_source[0], "too many from one address")  # dicts keep insertion order: the oldest
-        elif len(self.candidates) >= CANDIDATES_MAX:
+        """A newcomer is read at once (its opening is usually there: TCP_DEFER_ACCEPT);
+        if it still waits after that, one candidate makes room (candidates.make_room)."""
+        try:
+            conn = self._prepare(sock, addr)
+        except OSError:  # reset before we got to it
             sock.close()
-            self._count_refused()
-            self.note("tcp-candidate", "warning", f"tcp: refused {format_address(addr)}: "
-                      f"{CANDIDATES_MAX} connections are already waiting to authenticate")
             return
-        conn = self._prepare(sock, addr)
+        conn.decoder.big_limit = 0  # an opening is a handshake message, never big
+        if self.opening is not None:
+            conn.decoder.max_frame = self.opening.size  # no buffering past an opening's size
+        conn.source = candidates.source_of(addr)
+        conn.ticket = self._ticket()
         conn.expiry = self._loop.call_later(CANDIDATE_TIMEOUT, self._refuse, conn, "did not authenticate in time")
         self.candidates[addr] = conn
-        self._loop.add_reader(conn.fd, self._readable, conn)
+        self._loop.add_reader(conn.fd, self._candidate_readable, conn)
         self.note("tcp-candidate-accept", "info", f"tcp: accepted {format_address(addr)}; "
                   "it takes over once it authenticates")
+        self._candidate_readable(conn)
+        if self.candidates.get(addr) is not conn:  # authenticated, refused or gone already
+            return
+        victim = candidates.make_room(self.candidates.values(), conn, self.peer_source)
+        if victim is not None:
+            self._refuse(victim, f"made room for {format_address(addr)}")
 
-    def _refuse(self, conn: _Connection, why: str) -> None:
+    def _ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
+
+    def _candidate_readable(self, conn: _Connection) -> None:
+        """One read, then its messages one at a time (candidates.py): a promotion or
+        a refusal applies to the very next one."""
+        if conn.closed:
+            return
+        try:
+            n = conn.sock.recv_into(self._buf, CANDIDATE_READ)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._lose(conn, netaddr.reason(e))
+            return
+        if n == 0:
+            self._lose(conn, "closed by peer")
+            return
+        decoder, data = conn.decoder, self._view[:n]
+        while True:
+            try:
+                frames = decoder.feed(data, 1)
+            except FramingError as e:  # counted and logged as any connection's bad frame is
+                self.on_error(f"tcp: {format_address(conn.addr)} sent a bad frame ({e}); closing that connection",
+                              "tcp-bad-frame")
+                self._refuse(conn, "", quiet=True)
+                return
+            if not frames:
+                return
+            data = b""
+            first = conn.stage is Stage.OPENING
+            if first and self.opening is not None and not self.opening.accepts(frames[0]):
+                self._refuse(conn, f"opened with a {len(frames[0])}-byte message, not a handshake initiation")
+                return
+            if conn.budget == 0:
+                self._refuse(conn, f"sent {CANDIDATE_MESSAGES} messages without authenticating")
+                return
+            conn.budget -= 1
+            answers = conn.answers
+            self.on_messages(frames, conn.addr)
+            if conn.closed:
+                return
+            if conn is self.conn:  # authenticated: the rest is the peer's, read as such
+                if decoder.more:
+                    self._resume_soon(conn)
+                return
+            if conn.answers != answers:  # the session wants its next message (a cookie reply)
+                if first:
+                    decoder.max_frame, decoder.big_limit = self.max_frame, self.big_limit
+                conn.stage, conn.ticket = Stage.ANSWERED, self._ticket()
+            elif first:
+                self._refuse(conn, "its opening was neither authenticated nor answered")
+                return
+            if not decoder.more:
+                return
+
+    def _refuse(self, conn: _Connection, why: str, quiet: bool = False) -> None:
         if self.candidates.get(conn.addr) is conn:
             del self.candidates[conn.addr]
             self._close_conn(conn)
             self._count_refused()
-            self.note("tcp-candidate", "warning", f"tcp: closed {format_address(conn.addr)}: {why}")
+            if not quiet:
+                self.note("tcp-candidate", "warning", f"tcp: closed {format_address(conn.addr)}: {why}")
 
     def _count_refused(self) -> None:
         if self.counters is not None:
@@ -187,6 +288,9 @@ class TcpTransport:
         if conn.expiry is not None:
             conn.expiry.cancel()
             conn.expiry = None
+        self.peer_source = conn.source
+        conn.decoder.max_frame, conn.decoder.big_limit = self.max_frame, self.big_limit
+        self._loop.add_reader(conn.fd, self._readable, conn)  # replaces the candidate's reader
         old = self.conn
         if old is not None:
             self._close_conn(old)
@@ -263,23 +367,36 @@ class TcpTransport:
         return conn
 
     def _readable(self, conn: _Connection) -> None:
+        """The peer's connection: at most READ_FRAMES frames and READ_BYTES bytes
+        (see the top); frames a read brought beyond the budget are handed over
+        first the next time, so the decoder never holds more than one read."""
         if conn.closed:
             return
-        recv, view, deliver = conn.sock.recv_into, self._view, self.on_messages
-        for _ in range(DRAIN_BURST):
+        if conn.resume is not None:
+            conn.resume.cancel()
+            conn.resume = None
+        recv, view, deliver, decoder = conn.sock.recv_into, self._view, self.on_messages, conn.decoder
+        frames_left, bytes_left = READ_FRAMES, READ_BYTES
+        while frames_left > 0:
             try:
-                n = recv(self._buf)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._lose(conn, netaddr.reason(e))
-                return
-            try:
-                if n == 0:
-                    conn.decoder.eof()
-                    self._lose(conn, "closed by peer")
+                if decoder.more:
+                    frames = decoder.feed(b"", frames_left)
+                elif bytes_left <= 0:
                     return
-                frames = conn.decoder.feed(view[:n])
+                else:
+                    try:
+                        n = recv(self._buf)
+                    except BlockingIOError:
+                        return
+                    except OSError as e:
+                        self._lose(conn, netaddr.reason(e))
+                        return
+                    if n == 0:
+                        decoder.eof()
+                        self._lose(conn, "closed by peer")
+                        return
+                    bytes_left -= n
+                    frames = decoder.feed(view[:n], frames_left)
             except FramingError as e:
                 # one line per connection: as many as the accepts, which are logged too
                 self.on_error(f"tcp: {format_address(conn.addr)} sent a bad frame ({e}); closing that connection",
@@ -287,9 +404,18 @@ class TcpTransport:
                 self._lose(conn, f"bad frame: {e.kind}", quiet=True)
                 return
             if frames:
+                frames_left -= len(frames)
                 deliver(frames, conn.addr)
                 if conn.closed:  # the callback closed it
                     return
+        if decoder.more:
+            self._resume_soon(conn)
+
+    def _resume_soon(self, conn: _Connection) -> None:
+        """Frames already read wait in the decoder: the kernel will not wake us for
+        them, so the loop is asked to call again once the others had their turn."""
+        if conn.resume is None:
+            conn.resume = self._loop.call_soon(self._readable, conn)
 
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         """To the peer's connection; a message addressed to a candidate (a handshake
@@ -313,7 +439,10 @@ class TcpTransport:
         """The peer's connection, or the candidate `addr` names (a handshake response goes there)."""
         conn = self.conn
         if conn is None or conn.addr != addr:
-            conn = self.candidates.get(addr, conn)
+            candidate = self.candidates.get(addr)
+            if candidate is not None:
+                candidate.answers += 1
+                return candidate
         return conn
 
     def _write(self, conn: _Connection, frame: bytes) -> bool:
@@ -372,6 +501,8 @@ class TcpTransport:
         conn.closed = True
         if conn.expiry is not None:
             conn.expiry.cancel()
+        if conn.resume is not None:
+            conn.resume.cancel()
         self._loop.remove_reader(conn.fd)
         self._loop.remove_writer(conn.fd)
         conn.sock.close()
