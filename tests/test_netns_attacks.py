@@ -9,6 +9,7 @@ Functional assertions only; the rates and recovery times are measured by
                                                                                flood.py, strangers
 """
 
+import json
 import re
 import signal
 import socket
@@ -136,6 +137,65 @@ def test_strangers_cannot_cut_an_encrypted_tcp_tunnel(lab, arena):
     assert log.count("tcp: accepted 10.78.0.3") <= 3  # at most one line per 10 s
     assert "Traceback" not in log
     assert "replaces" not in log
+
+
+def test_a_stranger_streaming_one_byte_frames_is_cut_off_at_once(lab, arena):
+    """Length-1 frames as fast as one host can send them, at the encrypted TCP
+    listener: each connection is closed at its first frame (not a handshake
+    initiation), none of it reaches the session, and the tunnel carries on."""
+    a, b, m, keys = arena
+    da, db, _, _ = pair(lab, a, b, keys, "tcp")
+    da.wait_log("tcp: connected to")
+    out = lab.tmp / "tinyframes.out"
+    stranger = lab.spawn(m, sys.executable, str(HELPERS / "tinyframes.py"), "10.78.0.2", "55555", "12",
+                         stdout=open(out, "w"))
+    time.sleep(1)
+    assert answered(lab, a, "10.9.0.2", 80) >= 76  # at least 95% through the tunnel meanwhile
+    stranger.wait(60)
+    sent = json.loads(out.read_text())
+    assert sent["closed_by_listener"] >= 20  # at its first frame, not after the 5 s a candidate may wait
+    status = _status(lab, db)
+    assert status["rx"]["errors"] == 0 and status["auth_failures"] == 0  # not one frame reached the session
+    assert status["candidates_refused"] >= sent["closed_by_listener"]
+    assert status["peer"].startswith("10.77.0.1:") and status["reconnects"] == 0
+    assert db.stop() == 0
+    assert "Traceback" not in db.log
+
+
+def _add_sources(lab, ns: str, first: int, count: int) -> list[str]:
+    """More addresses on M's link (10.78.0.<first>...), for strangers from several sources."""
+    dev = lab.run(ns, "ip", "-o", "-4", "addr", "show", "to", "10.78.0.3").stdout.split()[1]
+    sources = [f"10.78.0.{first + i}" for i in range(count)]
+    for source in sources:
+        lab.ip(ns, "addr", "add", f"{source}/24", "dev", dev)
+    return sources
+
+
+@pytest.mark.parametrize("opening", ["partial-frame", "valid-mac1-initiation"])
+def test_strangers_holding_the_slots_do_not_keep_a_restarted_peer_out(lab, arena, opening):
+    """Six sources, two connections each (more than the listener's 8 candidate
+    slots), each reopened the moment it is closed, sending the first byte of a
+    frame or a valid-mac1 initiation: the peer, killed -9 and restarted, gets in
+    while they go on."""
+    a, b, m, keys = arena
+    da, db, cfg_a, _ = pair(lab, a, b, keys, "tcp")
+    sources = _add_sources(lab, m, 10, 6)
+    out = lab.tmp / "holders.out"
+    extra = ["--initiation", keys[1][1]] if opening == "valid-mac1-initiation" else []
+    holders = lab.spawn(m, sys.executable, str(HELPERS / "holders.py"), "10.78.0.2", "55555", "40", "2", *sources,
+                        *extra, stdout=open(out, "w"))
+    wait_for(lambda: _status(lab, db)["candidates_refused"] >= 10, 15, what="the strangers to be at it")
+    da.stop(signal.SIGKILL)
+    da = lab.daemon(a, cfg_a).wait_up()
+    lab.wait_ping(a, "10.9.0.2", timeout=30)  # the 5 s target is measured by scripts/bench --attack
+    assert holders.poll() is None, "the strangers stopped before the peer got in"
+    assert da.log.count("tcp: connected to") == 1  # in on its first connection: never closed for room
+    holders.send_signal(signal.SIGTERM)
+    holders.wait(10)
+    status = _status(lab, db)
+    assert status["peer"].startswith("10.77.0.1:")
+    assert db.proc.poll() is None
+    assert "Traceback" not in db.log + da.log
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
