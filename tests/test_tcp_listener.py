@@ -208,3 +208,25 @@ async def test_the_peers_input_is_handed_over_in_bounded_slices(listener, monkey
     assert max(f for f, _ in listener.per_callback) <= READ_FRAMES
     assert max(b for _, b in listener.per_callback) <= READ_BYTES + TCP_RECV_CHUNK
     assert sum(f for f, _ in listener.per_callback) == want - 1  # the opening went by the candidate's reader
+
+
+async def test_out_of_descriptors_evicts_a_candidate_then_pauses_instead_of_spinning(listener, monkeypatch):
+    waiting = keep(listener, listener.client("127.0.0.2", COOKIE))  # answered: it waits as a candidate
+    await until(lambda: listener.t.candidates, "the candidate to wait")
+    import errno
+
+    calls = []
+
+    def no_descriptors():
+        calls.append(1)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    acceptor = listener.t.acceptor
+    fake = type("NoFds", (), {"accept": staticmethod(no_descriptors), "fileno": listener.t.listener.fileno})()
+    acceptor.sock = fake
+    keep(listener, listener.client("127.0.0.3", COOKIE))  # the listener is readable, accept fails
+    await asyncio.sleep(0.3)
+    assert closed(waiting)  # room was made: the waiting candidate went
+    assert listener.t.candidates == {}
+    assert acceptor.starved >= 2  # one failure freed room, the next one found nothing to free
+    assert len(calls) <= 4  # then it paused: no busy loop on a listener that stays readable

@@ -1,5 +1,5 @@
 """A listening socket's accept loop, for every listener in the daemon (the
-metrics endpoint; the TCP transport can use it too).
+metrics endpoint, the TCP transport).
 
     listener readable -> accept(), at most ACCEPT_BATCH per callback -> on_accept(sock, addr)
       the connection's own error (ECONNABORTED, EPROTO, ...)         -> the next one
@@ -40,11 +40,13 @@ class Acceptor:
     """Accepts on `sock` (listening, non-blocking) and hands each connection to
     `on_accept(conn, addr)`; `conn` is the accepted socket, still blocking.
     `make_room()`, when given, closes one connection of the owner's to free a
-    descriptor and says whether it did. `what` prefixes the log line ("metrics")."""
+    descriptor and says whether it did. `what` prefixes the log line ("metrics").
+    `batch`: connections accepted per callback."""
 
     def __init__(self, sock: socket.socket, on_accept: Callable[[socket.socket, object], None], what: str,
-                 make_room: Callable[[], bool] | None = None):
+                 make_room: Callable[[], bool] | None = None, batch: int = ACCEPT_BATCH):
         self.sock, self.on_accept, self.what, self.make_room = sock, on_accept, what, make_room
+        self.batch = batch
         self.starved = 0  # times accept found no descriptor or memory (a counter)
         self._loop = asyncio.get_running_loop()
         self._fd = sock.fileno()
@@ -69,7 +71,7 @@ class Acceptor:
 
     def _readable(self) -> None:
         made_room = False
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(self.batch):
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -17,7 +17,8 @@ authenticate:
   strangers can neither cut the tunnel nor keep the peer out: the rules and
   why are in candidates.py.
 
-    listener readable --_acceptable()--> accept, at most ACCEPT_BURST per callback
+    listener readable --Acceptor--> _accepted(), at most ACCEPT_BURST per callback;
+        out of descriptors: the first-out candidate goes, or accepting pauses (accept.py)
         encrypted: the candidate is read at once (TCP_DEFER_ACCEPT: its opening
         is there) --> promoted, refused, or it waits; room is made by evicting
     candidate readable --_candidate_readable()--> one read of CANDIDATE_READ,
@@ -40,6 +41,7 @@ import logging
 import socket
 
 from tunneld import candidates, framing, netaddr
+from tunneld.accept import Acceptor
 from tunneld.candidates import CANDIDATE_MESSAGES, CANDIDATE_TIMEOUT, Opening, Stage
 from tunneld.config import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM, TransportConfig
 from tunneld.errors import StartupError
@@ -106,6 +108,7 @@ class TcpTransport:
         self._tickets = 0  # candidates' progress, in order
         self.counters = counters  # the core's: candidates_refused is counted here
         self.listener: socket.socket | None = None
+        self.acceptor: Acceptor | None = None
         self._buf = bytearray(max(TCP_RECV_CHUNK, max_frame + 2))
         self.big_frame = BIG_FRAME if authenticated else 0  # the largest big frame we would accept
         self._view = memoryview(self._buf)
@@ -162,28 +165,28 @@ class TcpTransport:
             sock.close()
             raise netaddr.bind_error("tcp", ep, e) from None
         self.listener = sock
-        self._loop.add_reader(sock.fileno(), self._acceptable)
+        self.acceptor = Acceptor(sock, self._accepted, "tcp", make_room=self._make_room, batch=ACCEPT_BURST)
+        self.acceptor.start()
         log.info("tcp: listening on %s", format_address(sock.getsockname()))
 
-    def _acceptable(self) -> None:
-        for _ in range(ACCEPT_BURST):
-            try:
-                sock, addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # e.g. EMFILE: say so, keep listening
-                log.warning("tcp: accept failed: %s", e.strerror)
-                return
-            if self.authenticated:
-                self._add_candidate(sock, addr)
-                continue
-            old = self.conn
-            if old is not None:
-                self.note("tcp-accept", "info", f"tcp: {format_address(addr)} replaces {format_address(old.addr)}")
-                self._close_conn(old)
-            else:
-                self.note("tcp-accept", "info", f"tcp: accepted {format_address(addr)}")
-            self._attach(sock, addr)
+    def _accepted(self, sock: socket.socket, addr: Address) -> None:
+        if self.authenticated:
+            self._add_candidate(sock, addr)
+            return
+        old = self.conn
+        if old is not None:
+            self.note("tcp-accept", "info", f"tcp: {format_address(addr)} replaces {format_address(old.addr)}")
+            self._close_conn(old)
+        else:
+            self.note("tcp-accept", "info", f"tcp: accepted {format_address(addr)}")
+        self._attach(sock, addr)
+
+    def _make_room(self) -> bool:
+        """Out of descriptors: the candidate first out by candidates.py's rules goes."""
+        if not self.candidates:
+            return False
+        self._refuse(candidates.first_out(self.candidates.values(), self.peer_source), "made room: out of file descriptors")
+        return True
 
     def _add_candidate(self, sock: socket.socket, addr: Address) -> None:
         """A newcomer is read at once (its opening is usually there: TCP_DEFER_ACCEPT);
@@ -519,7 +522,7 @@ class TcpTransport:
         if self.conn is not None:
             self._close_conn(self.conn)
         if self.listener is not None:
-            self._loop.remove_reader(self.listener.fileno())
+            self.acceptor.close()
             self.listener.close()
             self.listener = None
         if self._lost is not None and not self._lost.done():
