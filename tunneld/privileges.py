@@ -1,7 +1,7 @@
 """Dropping root after the device is open and the sockets are bound: to the
 configured user and group, keeping at most CAP_NET_ADMIN (so a reload can still
-change addresses and routes, and the `ip` commands it runs inherit it as an
-ambient capability). capabilities(7), prctl(2), capset(2) through ctypes.
+change addresses and routes over rtnetlink, and hooks inherit it as an ambient
+capability). capabilities(7), prctl(2), capset(2) through ctypes.
 """
 
 from __future__ import annotations
