@@ -1,4 +1,4 @@
-"""The accept loop (tunneld/accept.py): bounded batches, connection errors
+"""The accept loop (tunneld/conn/accept.py): bounded batches, connection errors
 skipped, and out of descriptors: room made, or a pause said once."""
 
 import asyncio
@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 
-from tunneld import accept
+from tunneld.conn import accept
 
 
 class FakeListener:

@@ -1,11 +1,11 @@
-"""Which TCP candidate makes room for a newcomer (tunneld/candidates.py), one row
+"""Which TCP candidate makes room for a newcomer (tunneld/conn/candidates.py), one row
 per case, and what a candidate must open with."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from tunneld.candidates import CANDIDATES_MAX, CANDIDATES_PER_SOURCE, Stage, first_out, make_room, source_of
+from tunneld.conn.candidates import CANDIDATES_MAX, CANDIDATES_PER_SOURCE, Stage, first_out, make_room, source_of
 
 O, A = Stage.OPENING, Stage.ANSWERED
 PEER = source_of(("192.0.2.1", 0))
@@ -124,6 +124,6 @@ def test_source_of(addr, want):
     (b"\x45", False),
 ])
 def test_the_daemon_opens_with_an_initiation(message, ok):
-    from tunneld.daemon import OPENING
+    from tunneld.service.daemon import OPENING
     assert OPENING.size == 148
     assert OPENING.accepts(message) is ok

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.lab import require
-from tunneld import ownership
+from tunneld.host import ownership
 
 NOBODY = 65534
 NOGROUP = grp.getgrnam("nogroup").gr_gid if "nogroup" in {g.gr_name for g in grp.getgrall()} else 65534

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunneld.config import KEYS, ConfigError, Unreadable, parse
+from tunneld.config import KEYS, ConfigError, parse
+from tunneld.config.parse import Unreadable
 
 PUB = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="

@@ -10,9 +10,10 @@ import socket
 import pytest
 
 from tunneld.config import Endpoint, TransportConfig
-from tunneld.tcp import TcpTransport
-from tunneld.testing import MemoryDevice, MemoryNetwork
-from tunneld.udp import UdpTransport
+from tunneld.conn.tcp import TcpTransport
+from tunneld.conn.memory import MemoryNetwork
+from tunneld.tun.memory import MemoryDevice
+from tunneld.conn.udp import UdpTransport
 
 MAX = 1514
 

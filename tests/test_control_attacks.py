@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunneld import control, metrics
+from tunneld.service import control, metrics
 
 SNAPSHOT = {"name": 'we"ird\\na\nme', "interface": "tun0", "mode": "tun", "mtu": 1420, "transport": "udp",
             "encryption": "tunneld", "peer": None, "last_handshake_seconds_ago": None,

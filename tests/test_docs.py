@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from tunneld import cli, config, reload
+from tunneld import cli, config
+from tunneld.service import reload
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tunneld" / "data"
@@ -286,7 +287,7 @@ def test_relative_links_between_readme_and_docs_resolve_inside_the_repository():
 
 
 def test_repository_paths_the_docs_name_exist():
-    """`tunneld/steering.py`, `config/lan-a.yaml`, `tests/...`: a module that
+    """`tunneld/conn/steering.py`, `config/lan-a.yaml`, `tests/...`: a module that
     moves takes its mention in the docs with it."""
     for doc in DOCS:
         for path in re.findall(r"`((?:tunneld|config|tests|scripts|systemd|docs)/[\w./@-]*)`", doc.read_text()):

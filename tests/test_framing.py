@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunneld.framing import FrameDecoder, FramingError, encode
+from tunneld.conn.framing import FrameDecoder, FramingError, encode
 
 
 def frame(payload: bytes) -> bytes:
@@ -107,7 +107,7 @@ def _reference(stream: bytes, max_frame: int):
                  st.lists(st.binary(min_size=1, max_size=40)).map(lambda fs: b"".join(len(f).to_bytes(2, "big") + f for f in fs))),
        st.lists(st.integers(min_value=1, max_value=50), max_size=30))
 def test_any_stream_in_any_pieces(stream, cuts):
-    from tunneld.framing import FrameDecoder, FramingError
+    from tunneld.conn.framing import FrameDecoder, FramingError
     dec = FrameDecoder(40)
     got, error, pos = [], None, 0
     pieces = []

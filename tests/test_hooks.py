@@ -1,4 +1,4 @@
-"""Hooks (tunneld/hooks.py): done when the shell exits, whatever it left running
+"""Hooks (tunneld/host/hooks.py): done when the shell exits, whatever it left running
 with our pipe; a hook past its time takes its whole process group down; output
 logged line by line and bounded. As root, and as a run_as user (a child
 process that dropped to nobody runs the same checks)."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import require, wait_for
-from tunneld import hooks
+from tunneld.host import hooks
 
 
 def alive(pid: int) -> bool:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from tunneld.mss import clamp, limits
+from tunneld.packet.mss import clamp, limits
 from tests.packets import checksum
 
 MSS4, MSS6 = limits(1280)  # 1240, 1220

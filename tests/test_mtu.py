@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 
 from tests.packets import ethernet, ipv4_udp
 from tests.test_offload import payload, tcp_super
-from tunneld.offload import layout, virtio
-from tunneld.relay import Relay
-from tunneld.session import PlaintextSession
-from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
-from tunneld.tunnel import Tunnel
+from tunneld.packet import layout, virtio
+from tunneld.service.relay import Relay
+from tunneld.core.session import PlaintextSession
+from tunneld.conn.memory import MemoryNetwork
+from tunneld.core.clock import FakeClock
+from tunneld.tun.memory import MemoryDevice
+from tunneld.core.tunnel import Tunnel
 from tunneld.wg.peer import WireGuardSession
 from tunneld.wg.primitives import generate_private, public_of
 

@@ -79,7 +79,7 @@ def test_valid_mac1_flood_leaves_the_tunnel_up_and_a_restarted_peer_gets_in(lab,
 
 
 def _status(lab, daemon) -> dict:
-    from tunneld import control
+    from tunneld.service import control
     return control.query(str(lab.tmp / "run" / f"{daemon.config.stem}.sock"))
 
 

@@ -139,7 +139,7 @@ def test_status_lists_only_the_tunnels_the_caller_may_query(lab, tmp_path):
     import shutil
     import tempfile
 
-    from tunneld import control
+    from tunneld.service import control
     run = tempfile.mkdtemp(prefix="tunneld-public-")  # pytest's tmp_path is root-only
     os.chmod(run, 0o755)
     servers = []

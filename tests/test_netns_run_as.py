@@ -57,7 +57,7 @@ def test_no_new_privs_and_hooks_that_leave_helpers(lab, sites, public):
                      "echo up started']\n"
                    + "  down: ['(exec sleep 60) & echo $! > $PIDS/down.pid; echo down started']\n")
     cfg.chmod(0o644)
-    # PIDS in the environment: a path in the hook's text must be root's (tunneld/ownership.py), and w/ is nobody's
+    # PIDS in the environment: a path in the hook's text must be root's (tunneld/host/ownership.py), and w/ is nobody's
     d = Daemon(lab, a, cfg, lab.tmp / "a.log", env={"PIDS": str(public / "w")})
     d.wait_up()  # before the helper's 60 s are over
     lab.daemon(b, site(lab.name("tdt"), 2, "udp", listen=True, remote=False)).wait_up()

@@ -109,7 +109,7 @@ def test_sd_notify_ready_watchdog_reload_stopping(lab, sites, tmp_path):
 
 
 def test_notify_to_an_abstract_socket():
-    from tunneld.sdnotify import Notifier
+    from tunneld.service.sdnotify import Notifier
     name = f"tunneld-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.bind("\0" + name)

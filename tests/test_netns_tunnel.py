@@ -138,7 +138,7 @@ def test_hostile_tcp_peer_is_dropped_and_the_next_one_served(lab, sites):
         out = lab.run(a, sys.executable, "-c", script, payload.hex(), kind).stdout.strip()
         if kind != "truncated":
             assert out == "closed", f"{kind}: the daemon did not close the connection"
-    from tunneld import control
+    from tunneld.service import control
     sock = str(lab.tmp / "run" / f"{server.config.stem}.sock")
     wait_for(lambda: control.query(sock)["rx"]["errors"] == 4, 15, what="four framing errors counted")
     log = server.log

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.packets import checksum as rfc1071
-from tunneld.offload import checksum, coalesce, layout, segment, virtio
-from tunneld.offload.virtio import BadHeader, Header
+from tunneld.packet import checksum, coalesce, layout, segment, virtio
+from tunneld.packet.virtio import BadHeader, Header
 
 V4 = ("10.0.0.1", "10.0.0.2")
 V6 = ("fd00::1", "fd00::2")

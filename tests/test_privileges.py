@@ -1,4 +1,4 @@
-"""run_as corners (tunneld/privileges.py): uid 0 is refused as a config
+"""run_as corners (tunneld/host/privileges.py): uid 0 is refused as a config
 mistake, whatever its name; the drop itself refuses it too and sets
 NO_NEW_PRIVS (a started daemon's is checked in tests/test_netns_run_as.py)."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.lab import require
-from tunneld import config, privileges
+from tunneld import config
+from tunneld.host import privileges
 
 BASE = ("interface: {name: tdpriv0, mode: tun}\n"
         "transport: {protocol: udp, listen: '127.0.0.1:55999'}\n"
@@ -39,17 +40,17 @@ def test_uid_0_under_another_name_is_refused(monkeypatch):
     monkeypatch.setattr(pwd, "getpwnam", lambda name: real("root") if name == "toor" else real(name))
     cfg = config.parse(BASE + "run_as: {user: toor}\n", source="t.yaml")
     with pytest.raises(config.ConfigError) as e:
-        privileges.refuse_root(cfg)
+        config.refuse_root(cfg)
     assert str(e.value).startswith("t.yaml: run_as.user: 'toor' is uid 0")
-    privileges.refuse_root(config.parse(BASE + "run_as: {user: nobody}\n"))  # an unprivileged user passes
-    privileges.refuse_root(config.parse(BASE + "run_as: {user: no-such-user-here}\n"))  # start-up says so
-    privileges.refuse_root(config.parse(BASE))
+    config.refuse_root(config.parse(BASE + "run_as: {user: nobody}\n"))  # an unprivileged user passes
+    config.refuse_root(config.parse(BASE + "run_as: {user: no-such-user-here}\n"))  # start-up says so
+    config.refuse_root(config.parse(BASE))
 
 
 DROP = """
 import sys
 sys.path.insert(0, {root!r})
-from tunneld import privileges
+from tunneld.host import privileges
 from tunneld.errors import StartupError
 try:
     privileges.drop(0, 0, True)

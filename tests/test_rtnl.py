@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunneld import config, reload, routing, rtnl
-from tunneld.rtnl import RT_TABLE_MAIN, Route, Rule
+from tunneld import config
+from tunneld.service import reload
+from tunneld.host import routing, rtnl
+from tunneld.host.rtnl import RT_TABLE_MAIN, Route, Rule
 
 
 def body_of(message: bytes) -> bytes:

@@ -6,8 +6,8 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunneld import steering
-from tunneld.steering import PEER, STRANGER
+from tunneld.conn import steering
+from tunneld.conn.steering import PEER, STRANGER
 
 
 def v4(src: str) -> bytes:
@@ -70,7 +70,7 @@ async def test_the_kernel_steers_the_peers_datagrams_to_their_own_socket():
 
     from tests.test_contracts import free_port
     from tunneld.config import Endpoint, TransportConfig
-    from tunneld.udp import UdpTransport
+    from tunneld.conn.udp import UdpTransport
 
     port, peer_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     t, _ = await UdpTransport.open(TransportConfig("udp", Endpoint("127.0.0.1", port), Endpoint("127.0.0.1", peer_port)),

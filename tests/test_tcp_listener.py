@@ -12,12 +12,12 @@ import socket
 
 import pytest
 
-from tunneld.candidates import CANDIDATE_MESSAGES, CANDIDATES_MAX, Opening
+from tunneld.conn.candidates import CANDIDATE_MESSAGES, CANDIDATES_MAX, Opening
 from tunneld.config import Endpoint, TransportConfig
-from tunneld.counters import Counters
-from tunneld.framing import encode
-from tunneld.limits import TCP_RECV_CHUNK
-from tunneld.tcp import READ_BYTES, READ_FRAMES, TcpTransport
+from tunneld.core.counters import Counters
+from tunneld.conn.framing import encode
+from tunneld.packet.limits import TCP_RECV_CHUNK
+from tunneld.conn.tcp import READ_BYTES, READ_FRAMES, TcpTransport
 from tests.test_contracts import free_port
 
 OPENING = Opening(16, lambda m: m[:1] == b"\x01")

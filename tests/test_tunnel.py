@@ -2,10 +2,12 @@
 
 import logging
 
-from tunneld.relay import Relay
-from tunneld.session import PlaintextSession
-from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
-from tunneld.tunnel import Tunnel
+from tunneld.service.relay import Relay
+from tunneld.core.session import PlaintextSession
+from tunneld.conn.memory import MemoryNetwork
+from tunneld.core.clock import FakeClock
+from tunneld.tun.memory import MemoryDevice
+from tunneld.core.tunnel import Tunnel
 from tests.packets import ethernet, ipv4_udp, ipv6_udp
 
 A, B = ("10.77.0.1", 55555), ("10.77.0.2", 55555)
@@ -184,7 +186,7 @@ def test_stream_peer_up_and_down():
 
 
 def test_both_sessions_keep_the_session_contract():
-    from tunneld.session import PlaintextSession, Session
+    from tunneld.core.session import PlaintextSession, Session
     from tunneld.wg.peer import WireGuardSession
     from tunneld.wg.primitives import generate_private, public_of
     wg = WireGuardSession(static_private=generate_private(bytes(32)), peer_public=public_of(generate_private(bytes(range(32)))),

@@ -365,9 +365,11 @@ def test_any_messages_deliver_nothing_and_answer_nothing(messages):
 # --- TAP frames in tunneld mode: byte for byte ---------------------------------------
 
 def tap_pair():
-    from tunneld.relay import Relay
-    from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
-    from tunneld.tunnel import Tunnel
+    from tunneld.service.relay import Relay
+    from tunneld.conn.memory import MemoryNetwork
+    from tunneld.core.clock import FakeClock
+    from tunneld.tun.memory import MemoryDevice
+    from tunneld.core.tunnel import Tunnel
     from tunneld.wg.peer import WireGuardSession
     net, clock = MemoryNetwork(), FakeClock()
     sites = []

@@ -6,9 +6,11 @@ import random
 
 import pytest
 
-from tunneld.relay import Relay
-from tunneld.testing import FakeClock, MemoryDevice, MemoryNetwork
-from tunneld.tunnel import Tunnel
+from tunneld.service.relay import Relay
+from tunneld.conn.memory import MemoryNetwork
+from tunneld.core.clock import FakeClock
+from tunneld.tun.memory import MemoryDevice
+from tunneld.core.tunnel import Tunnel
 from tunneld.wg import constants as C
 from tunneld.wg.peer import WireGuardSession
 from tunneld.wg.primitives import generate_private, public_of
@@ -372,20 +374,20 @@ def test_junk_is_counted_and_never_answered():
 def _super_packet(size=20000):
     """A TSO read as the device gives it: virtio header, then the super-packet."""
     from tests.test_offload import payload, tcp_super
-    from tunneld.offload.virtio import Header
+    from tunneld.packet.virtio import Header
     frame, l4 = tcp_super(4, payload(size))
     return Header(1, 1, 0, 1368, l4, 16).pack() + frame, frame, Header(1, 1, 0, 1368, l4, 16)
 
 
 def _handshake(w):
-    from tunneld.offload.virtio import PLAIN
+    from tunneld.packet.virtio import PLAIN
     w.a.send(PLAIN + PING if w.a.device.vnet else PING)
     w.run(1)
     assert w.b.device.written == [PLAIN + PING if w.b.device.vnet else PING]
 
 
 def test_both_offload_agree_and_a_super_packet_arrives_joined():
-    from tunneld.offload import segment, virtio
+    from tunneld.packet import segment, virtio
     w = World(compatible=False, offload=True)
     _handshake(w)
     assert w.a.session.current.offload and w.b.session.current.offload
@@ -406,7 +408,7 @@ def test_both_offload_agree_and_a_super_packet_arrives_joined():
 
 def test_a_peer_without_offload_gets_ordinary_packets():
     from tests.test_offload import valid_l4
-    from tunneld.offload import segment
+    from tunneld.packet import segment
     w = World(compatible=False, a_offload=True, b_offload=False)
     _handshake(w)
     assert not w.a.session.current.offload and not w.b.session.current.offload

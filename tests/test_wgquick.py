@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tunneld import config, wgquick
+from tunneld import config
+from tunneld.config import wgquick
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 PUB = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="

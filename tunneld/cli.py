@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 
-from tunneld import __version__, config, logs
+from tunneld import __version__, config
+from tunneld.service import logs
 from tunneld.errors import StartupError
 
 log = logging.getLogger("tunneld")
@@ -61,7 +62,7 @@ def _status(name: str | None, as_json: bool) -> int:
     import glob
     import json
 
-    from tunneld import control
+    from tunneld.service import control
 
     if name:
         paths = [control.socket_path(name)]
@@ -103,7 +104,7 @@ def _status(name: str | None, as_json: bool) -> int:
 
 def _reload(name: str) -> int:
     """Ask the daemon to reload and wait for the outcome: 0 applied, 1 refused, 3 not running."""
-    from tunneld import control
+    from tunneld.service import control
 
     path = control.socket_path(name)
     try:
@@ -130,7 +131,8 @@ def _reload(name: str) -> int:
 
 
 def _tun_admin(args) -> int:
-    from tunneld import device, privileges
+    from tunneld.tun import device
+    from tunneld.host import privileges
 
     try:
         if args.command == "mktun":
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reload":
         return _reload(args.name)
     if args.command == "import":
-        from tunneld import wgquick
+        from tunneld.config import wgquick
         return wgquick.main(args.wg_conf, args.output)
     path = args.config
     if args.command == "check":
@@ -204,10 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         path = given[0] if given else None
     if path is None:
         parser.error("--config FILE is required" if args.command is None else "check: which config? (FILE)")
-    from tunneld import privileges
     try:
         cfg = config.load(path)
-        privileges.refuse_root(cfg)  # run_as uid 0: a config mistake too
+        config.refuse_root(cfg)  # run_as uid 0: a config mistake too
     except config.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _warnings(cfg: config.Config) -> list[str]:
     """What is valid but will not do what its author wants."""
-    from tunneld import routing
+    from tunneld.host import routing
     out = []
     remote = cfg.transport.remote
     net = routing.captures(cfg.interface.routes, remote.host) if remote else None
@@ -253,7 +254,7 @@ def _crypto_name(cfg: config.Config) -> str:
 def _run(cfg: config.Config, log_override: str | None = None) -> int:
     import uvloop
 
-    from tunneld import daemon
+    from tunneld.service import daemon
 
     logs.setup(cfg.log_level)
     log.info("tunneld %s starting with %s", __version__, cfg.source)

@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.packets import ethernet, ipv4_udp  # noqa: E402
-from tunneld.device import TunTap  # noqa: E402
-from tunneld.offload import virtio  # noqa: E402
+from tunneld.tun.device import TunTap  # noqa: E402
+from tunneld.packet import virtio  # noqa: E402
 
 mode, name = sys.argv[1], sys.argv[2]
 offload = sys.argv[3:] == ["offload"]

@@ -1,5 +1,7 @@
 """WireGuard's constants (whitepaper section 6.1, wireguard-go device/constants.go)."""
 
+from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET  # noqa: F401 (the wire values of the core's flags)
+
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
 # tunneld's own mode: the same protocol under its own identifier, so a handshake
@@ -29,8 +31,7 @@ CAP_SUPER_PACKETS = 0x01  # transport messages carry offload flags (below)
 # On a keypair with CAP_SUPER_PACKETS, a transport message's second byte says
 # what its plaintext is, and the 16-byte message header is the AEAD's associated
 # data, so the flags are authenticated and cost no byte of the MTU.
-FLAG_VNET = 0x01  # the plaintext leads with a virtio_net_hdr: a super-packet (TCP only)
-FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
+# FLAG_VNET, FLAG_PARTIAL: the core's names for what a packet is (core/contract.py)
 FLAGS_KNOWN = FLAG_VNET | FLAG_PARTIAL
 DEFAULT_MTU = 1420  # bytes
 

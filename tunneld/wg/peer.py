@@ -23,8 +23,8 @@ import os
 import random
 from typing import Callable
 
-from tunneld.io import Address
-from tunneld.io import format_address as _fmt
+from tunneld.core.contract import Address
+from tunneld.core.contract import format_address as _fmt
 from tunneld.wg import messages
 from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS_KNOWN, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from tunneld.offload import layout as L
+from tunneld.packet import layout as L
 
 HEADER = struct.Struct("<BBHHHH")
 SIZE = HEADER.size  # 10; TUNSETVNETHDRSZ is left at this default

@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import Callable
 
-from tunneld.accept import Acceptor
+from tunneld.conn.accept import Acceptor
 
 log = logging.getLogger("tunneld")
 MAX_CLIENTS = 32  # connections at once: a scraper or two and a person with curl, with room to spare

@@ -1,4 +1,4 @@
-"""Configuration: YAML text in, frozen typed objects out.
+"""Configuration: YAML text in, frozen typed objects (model.py) out.
 
 `parse(text, source)` is pure; `load(path)` is its only I/O. Every error is one
 line that names the file, the line and the key path:
@@ -18,143 +18,17 @@ import os
 import pwd
 import re
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import yaml
 
-from tunneld import limits, ownership, routing
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-IFNAMSIZ = 16  # include/uapi/linux/if.h: names are at most 15 bytes plus NUL
-
-
-class ConfigError(Exception):
-    """A configuration mistake, printed as one line: `source:line: key.path: message`."""
-
-    def __init__(self, source: str, line: int, path: str, message: str):
-        self.source, self.line, self.path, self.message = source, line, path, message
-        where = f"{source}:{line}: " if line else f"{source}: "
-        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str  # an IP literal (no brackets) or a host name
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class InterfaceConfig:
-    name: str | None  # None: the kernel picks tun%d / tap%d
-    mode: str  # "tun" | "tap"
-    mtu: int
-    addresses: tuple[IPInterface, ...] = ()
-    mac: str | None = None
-    bridge: str | None = None
-    routes: tuple[IPNetwork, ...] = ()
-    persistent: bool = False
-    clamp_mss: bool = False  # rewrite TCP MSS on SYNs to fit the tunnel (default on for tun)
-    offload: bool = True  # IFF_VNET_HDR + TSO/USO: 64 KB super-packets (false: one packet per read)
-
-    @property
-    def max_packet(self) -> int:
-        return limits.max_packet(self.mode, self.mtu)
-
-
-@dataclass(frozen=True)
-class TransportConfig:
-    protocol: str  # "udp" | "tcp"
-    listen: Endpoint | None
-    remote: Endpoint | None
-    keepalive: int | None = None  # s: persistent keepalive (encrypted modes)
-    fwmark: int | None = None  # SO_MARK on our sockets; with a /0 route also the full tunnel's table
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Secrets read from the key files; never printed."""
-    private: bytes = field(repr=False)
-    psk: bytes | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class EncryptionConfig:
-    private_key_file: str  # as resolved: relative paths are taken from the config file's folder
-    peer_public_key: bytes
-    preshared_key_file: str | None = None
-    wireguard_compatible: bool = False
-    allowed_ips: tuple[IPNetwork, ...] | None = None  # None: any inner source
-    keys: Keys | None = field(default=None, repr=False)  # filled by load(), not by parse()
-
-
-@dataclass(frozen=True)
-class RunAs:
-    user: str
-    group: str | None = None  # None: the user's primary group
-    keep_net_admin: bool = True  # keep CAP_NET_ADMIN so reloads can change addresses and routes
-
-
-@dataclass(frozen=True)
-class Hooks:
-    up: tuple[str, ...] = ()  # shell commands run after the device is up
-    down: tuple[str, ...] = ()  # and before it goes down
-
-
-@dataclass(frozen=True)
-class Config:
-    interface: InterfaceConfig
-    transport: TransportConfig
-    encryption: EncryptionConfig | None  # None is the explicit plaintext mode ("encryption: none")
-    log_level: str = "info"
-    source: str = "<config>"
-    run_as: RunAs | None = None
-    hooks: Hooks = Hooks()
-    metrics: Endpoint | None = None  # Prometheus text on http://listen/metrics
-    name_key: str | None = None  # `name:` as written; None: the file's stem
-
-    @property
-    def name(self) -> str:
-        """The instance name (control socket /run/tunneld/NAME.sock): `name:`, or
-        the config file's name without .yaml (london.yaml: london)."""
-        if self.name_key is not None:
-            return self.name_key
-        return stem(self.source)
-
-    @property
-    def max_message(self) -> int:
-        """The largest message on the wire: a packet, or a padded packet sealed in a
-        transport message (and never less than a handshake initiation)."""
-        if self.encryption is None:
-            return self.interface.max_packet
-        return max(self.interface.max_packet + encryption_overhead(self.interface.mode, self.encryption.wireguard_compatible),
-                   INITIATION_SIZE)
-
-
-def stem(path: str) -> str:
-    base = os.path.basename(path)
-    return base.rsplit(".", 1)[0] if "." in base else base
-
-
-ENCRYPTION_OVERHEAD = 32  # bytes: WireGuard transport header (16) + Poly1305 tag (16)
-PADDING_TRAILER_ROOM = 16  # bytes: tunneld mode's TAP padding (0-15) and its length byte
-INITIATION_SIZE = 148  # bytes: the largest handshake message
-KEY_BYTES = 32
-
-
-def encryption_overhead(mode: str, wireguard_compatible: bool) -> int:
-    """Bytes a transport message adds to a frame at most. A TUN packet's padding stays
-    within the MTU (the IP length trims it); a TAP frame in tunneld mode carries its
-    padding and the padding's length (wg/peer.py), so a full frame grows by up to 16."""
-    if mode == "tap" and not wireguard_compatible:
-        return ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM
-    return ENCRYPTION_OVERHEAD
+from tunneld.config.model import (IFNAMSIZ, LOG_LEVELS, Config, ConfigError, EncryptionConfig, Hooks, InterfaceConfig,
+                                  IPInterface, IPNetwork, Keys, RunAs, encryption_overhead)
+from tunneld.conn.endpoint import Endpoint, TransportConfig, is_ip
+from tunneld.host import ownership, routing
+from tunneld.packet import limits
+from tunneld.wg.constants import KEY_SIZE
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a megabyte is plenty
@@ -190,7 +64,7 @@ def load(path: str) -> Config:
     """Read and parse a config file and the key files it names; an unreadable
     file, or a key file others can read, is a ConfigError too. As root, so is a
     config, a file a hook names or a key file that anyone but root could change
-    (tunneld/ownership.py)."""
+    (tunneld/host/ownership.py)."""
     check_file = _check_file if os.geteuid() == 0 else None
     if check_file is not None:
         why = check_file(path)
@@ -270,7 +144,7 @@ def decode_key(text: str) -> bytes | None:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == KEY_BYTES else None
+    return raw if len(raw) == KEY_SIZE else None
 
 
 # --- YAML with line numbers ------------------------------------------------
@@ -644,7 +518,7 @@ class _Reader:
         peer = self.typed(m["peer_public_key"], "encryption.peer_public_key", str)
         peer_key = decode_key(peer)
         if peer_key is None:
-            raise self.error("encryption.peer_public_key", f"expected a base64 public key of {KEY_BYTES} bytes "
+            raise self.error("encryption.peer_public_key", f"expected a base64 public key of {KEY_SIZE} bytes "
                              f"(as 'wg pubkey' or 'tunneld pubkey' print), got {_show(peer)}")
         if is_low_order(peer_key):
             raise self.error("encryption.peer_public_key", f"{_show(peer)} is a low-order point: no shared secret "
@@ -675,7 +549,7 @@ class _Reader:
                 raise self.error(key_path, str(e)) from None
             key = decode_key(text)
             if key is None:
-                raise self.error(key_path, f"{ownership.quote(path)} does not hold a base64 key of {KEY_BYTES} bytes "
+                raise self.error(key_path, f"{ownership.quote(path)} does not hold a base64 key of {KEY_SIZE} bytes "
                                  "(make one with 'tunneld genkey' or 'tunneld genpsk')")
             return key
         private = secret(enc.private_key_file, "encryption.private_key_file")
@@ -818,6 +692,21 @@ class _Reader:
         return TransportConfig(protocol, listen, remote, keepalive, fwmark)
 
 
+def refuse_root(cfg) -> None:
+    """A config whose run_as is uid 0 is a mistake (ConfigError, exit 2): root
+    keeps every capability whatever run_as says. A user this machine does not
+    know is left to start-up, which says so (the user may be made later)."""
+    if cfg.run_as is None:
+        return
+    try:
+        uid = pwd.getpwnam(cfg.run_as.user).pw_uid
+    except KeyError:
+        return
+    if uid == 0:
+        raise ConfigError(cfg.source, 0, "run_as.user", f"{cfg.run_as.user!r} is uid 0, which keeps every "
+                          "capability: name an unprivileged user (e.g. tunneld), or leave run_as out to stay root")
+
+
 def is_low_order(public: bytes) -> bool:
     """Curve25519 points of small order (0, 1, the order-8 points, p-1, p, p+1 and
     their high-bit twins) give an all-zero shared secret with every clamped private
@@ -832,15 +721,6 @@ def is_low_order(public: bytes) -> bool:
 
 
 _PROBE_PRIVATE = bytes([0x40]) + bytes(30) + bytes([0x40])  # any clamped scalar will do
-
-
-def is_ip(host: str) -> bool:
-    """An IP address literal (not a host name)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _is_v6(host: str) -> bool | None:

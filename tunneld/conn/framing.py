@@ -11,7 +11,7 @@ frames out, and a FramingError naming what was wrong with the stream.
 
 from __future__ import annotations
 
-from tunneld.limits import LENGTH_PREFIX, MAX_LENGTH_FIELD
+from tunneld.packet.limits import LENGTH_PREFIX, MAX_LENGTH_FIELD
 
 BIG_PREFIX = LENGTH_PREFIX + 4  # 0x0000, then a 4-byte length
 

@@ -15,8 +15,8 @@ import logging
 import time
 from typing import Callable
 
-from tunneld.io import Address, Device, Transport, format_address
-from tunneld.tunnel import Tunnel
+from tunneld.core.contract import Address, Device, Transport, format_address
+from tunneld.core.tunnel import Tunnel
 
 log = logging.getLogger("tunneld")
 

@@ -19,21 +19,24 @@ import socket
 import time
 
 from tunneld import config as configmod
-from tunneld import control, hooks, mss, netaddr, privileges, routing, rtnl
-from tunneld.candidates import Opening
+from tunneld.service import control
+from tunneld.host import hooks, privileges, routing, rtnl
+from tunneld.packet import mss
+from tunneld.conn import sockopts as netaddr
+from tunneld.conn.candidates import Opening
 from tunneld.config import Config
-from tunneld.device import TunTap
+from tunneld.tun.device import TunTap
 from tunneld.errors import StartupError
-from tunneld.io import format_address
-from tunneld.metrics import MetricsServer
-from tunneld.netconf import LinkSetup
-from tunneld.relay import Relay
-from tunneld.reload import plan, restart_needed
-from tunneld.sdnotify import Notifier
-from tunneld.session import PlaintextSession
-from tunneld.tcp import TcpTransport
-from tunneld.tunnel import Tunnel
-from tunneld.udp import UdpTransport
+from tunneld.core.contract import format_address
+from tunneld.service.metrics import MetricsServer
+from tunneld.host.netconf import LinkSetup
+from tunneld.service.relay import Relay
+from tunneld.service.reload import plan, restart_needed
+from tunneld.service.sdnotify import Notifier
+from tunneld.core.session import PlaintextSession
+from tunneld.conn.tcp import TcpTransport
+from tunneld.core.tunnel import Tunnel
+from tunneld.conn.udp import UdpTransport
 from tunneld.wg import messages
 from tunneld.wg.constants import INITIATION_SIZE, MESSAGE_INITIATION
 from tunneld.wg.peer import WireGuardSession

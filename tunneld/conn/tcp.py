@@ -40,14 +40,15 @@ import collections
 import logging
 import socket
 
-from tunneld import candidates, framing, netaddr
-from tunneld.accept import Acceptor
-from tunneld.candidates import CANDIDATE_MESSAGES, CANDIDATE_TIMEOUT, Opening, Stage
-from tunneld.config import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM, TransportConfig
+from tunneld.conn import candidates, framing, sockopts as netaddr
+from tunneld.conn.accept import Acceptor
+from tunneld.conn.candidates import CANDIDATE_MESSAGES, CANDIDATE_TIMEOUT, Opening, Stage
+from tunneld.conn.endpoint import TransportConfig
+from tunneld.packet.limits import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM
 from tunneld.errors import StartupError
-from tunneld.framing import FrameDecoder, FramingError
-from tunneld.io import Address, OnMessages, format_address
-from tunneld.limits import (CONNECT_TIMEOUT, MAX_IP_PACKET, RECONNECT_INITIAL, RECONNECT_MAX,
+from tunneld.conn.framing import FrameDecoder, FramingError
+from tunneld.core.contract import Address, OnMessages, format_address
+from tunneld.packet.limits import (CONNECT_TIMEOUT, MAX_IP_PACKET, RECONNECT_INITIAL, RECONNECT_MAX,
                             TCP_RECV_CHUNK, TCP_SEND_QUEUE_FRAMES, VNET_HEADER, link_header)
 
 log = logging.getLogger("tunneld")
@@ -86,7 +87,7 @@ class _Connection:
 
 
 class TcpTransport:
-    """Contract: `tunneld.io.Transport`, plus peer up/down callbacks."""
+    """Contract: `tunneld.core.contract.Transport`, plus peer up/down callbacks."""
 
     def __init__(self, cfg: TransportConfig, max_frame: int, on_messages: OnMessages,
                  on_up, on_down, on_error, *, authenticated: bool = False, opening: Opening | None = None,

@@ -1,8 +1,7 @@
-"""In-memory fakes of the I/O contracts (`tunneld.io`), for tests of the core
-and of anything built on it. They pass the same contract tests as the real
-TUN/TAP device and the UDP/TCP transports (tests/test_contracts.py), and like
-them they hand out views of one buffer that the next read overwrites: code
-that keeps a packet past its callback fails here as it would in production.
+"""An in-memory network of transports (`tunneld.core.contract.Transport`), for
+tests of the core and of anything built on it. Its transports pass the same
+contract tests as UDP and TCP (tests/test_contracts.py) and hand out views of
+buffers that the next delivery overwrites, as the real ones do.
 """
 
 from __future__ import annotations
@@ -10,45 +9,7 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
-from tunneld.io import Address, OnMessages
-
-
-class MemoryDevice:
-    """A Device whose kernel side is a pair of lists.
-
-    `inject(packet)` is a packet the stack hands the interface (read() returns it);
-    `written` collects what the tunnel wrote to the interface. Set `full` to make
-    writes report a full queue."""
-
-    def __init__(self, name: str = "mem0", max_read: int = 65600, vnet: bool = False):
-        """`vnet`: packets read and written carry a virtio header, as a device with offloads."""
-        self.name = name
-        self.vnet = vnet
-        self._buf = bytearray(max_read)
-        self._view = memoryview(self._buf)
-        self.inbox: collections.deque[bytes] = collections.deque()
-        self.written: list[bytes] = []
-        self.full = False
-        self.closed = False
-
-    def inject(self, packet: bytes) -> None:
-        self.inbox.append(bytes(packet))
-
-    def read(self) -> memoryview | None:
-        if not self.inbox:
-            return None
-        packet = self.inbox.popleft()
-        self._buf[:len(packet)] = packet
-        return self._view[:len(packet)]
-
-    def write(self, packet: bytes | memoryview) -> bool:
-        if self.full:
-            return False
-        self.written.append(bytes(packet))
-        return True
-
-    def close(self) -> None:
-        self.closed = True
+from tunneld.core.contract import Address, OnMessages
 
 
 class MemoryNetwork:
@@ -135,17 +96,3 @@ class MemoryTransport:
 
     def close(self) -> None:
         self.closed = True
-
-
-class FakeClock:
-    """A clock advanced by hand: `clock()` reads it, `clock.advance(s)` moves it."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now

@@ -1,7 +1,7 @@
 """The two I/O contracts the core is carried over.
 
-Real implementations: `tunneld.device.TunTap`, `tunneld.udp.UdpTransport`,
-`tunneld.tcp.TcpTransport`. Fakes with the same contracts: `tunneld.testing`.
+Real implementations: `tunneld.tun.device.TunTap`, `tunneld.conn.udp.UdpTransport`,
+`tunneld.conn.tcp.TcpTransport`. Fakes with the same contracts: `tunneld.tun.memory`, `tunneld.conn.memory`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ from typing import Any, Callable, Protocol
 Address = Any  # a socket address tuple as the transport reports it, or a fake's label
 OnMessage = Callable[[bytes | memoryview, Address], None]
 OnMessages = Callable[[list, Address], None]  # the messages one read brought, all from one address
+
+
+# What a packet is besides a whole plain one: the core passes these to a session's
+# seal() and reads them back from what it opens. In tunneld mode they travel in the
+# second byte of an authenticated transport message header (wg/constants.py).
+FLAG_VNET = 0x01  # the packet leads with a virtio_net_hdr: a super-packet
+FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
 
 
 def format_address(addr: Address) -> str:

@@ -19,7 +19,7 @@ import os
 import struct
 
 from tunneld.errors import StartupError
-from tunneld.limits import device_buffer
+from tunneld.packet.limits import device_buffer
 
 TUN_PATH = "/dev/net/tun"
 
@@ -56,7 +56,7 @@ SYS_NET = "/sys/class/net"
 
 
 class TunTap:
-    """An open TUN or TAP device. Contract: `tunneld.io.Device`."""
+    """An open TUN or TAP device. Contract: `tunneld.core.contract.Device`."""
 
     def __init__(self, fd: int, name: str, mode: str, max_read: int, persistent: bool,
                  offloads: int = 0, fallback: str | None = None):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tunneld.rtnl import RT_TABLE_MAIN, Route, Rule
+from tunneld.host.rtnl import RT_TABLE_MAIN, Route, Rule
 
 FULL_TUNNEL_MARK = 51820  # wg-quick's default fwmark and table number
 

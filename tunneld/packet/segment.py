@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import struct
 
-from tunneld.offload import checksum
-from tunneld.offload import layout as L
-from tunneld.offload.virtio import TCP_CHECK, UDP_CHECK, Header
+from tunneld.packet import checksum
+from tunneld.packet import layout as L
+from tunneld.packet.virtio import TCP_CHECK, UDP_CHECK, Header
 
 TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 _PACK_U16 = struct.Struct("!H")

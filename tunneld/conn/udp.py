@@ -26,11 +26,11 @@ import logging
 import socket
 import struct
 
-from tunneld import netaddr, steering
-from tunneld.config import TransportConfig
-from tunneld.io import Address, OnMessages, format_address
+from tunneld.conn import sockopts as netaddr, steering
+from tunneld.conn.endpoint import TransportConfig
+from tunneld.core.contract import Address, OnMessages, format_address
 
-from tunneld.limits import MAX_GSO_BYTES, MAX_SEGMENTS
+from tunneld.packet.limits import MAX_GSO_BYTES, MAX_SEGMENTS
 
 log = logging.getLogger("tunneld")
 DRAIN_BURST = 256  # reads per callback (each up to 64 datagrams); the loop calls again while more wait
@@ -43,7 +43,7 @@ ANCILLARY = socket.CMSG_SPACE(4)  # the UDP_GRO segment size, an int
 
 
 class UdpTransport:
-    """Contract: `tunneld.io.Transport`."""
+    """Contract: `tunneld.core.contract.Transport`."""
 
     def __init__(self, sock: socket.socket, on_messages: OnMessages, max_message: int,
                  on_error=None):

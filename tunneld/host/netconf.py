@@ -20,16 +20,25 @@ import errno
 import logging
 import os
 import socket
-from typing import Callable
+from typing import Callable, Protocol
 
-from tunneld import routing, rtnl
-from tunneld.config import InterfaceConfig
+from tunneld.host import routing, rtnl
 from tunneld.errors import StartupError
-from tunneld.rtnl import NetlinkError, Route, Rule
+from tunneld.host.rtnl import NetlinkError, Route, Rule
 
 log = logging.getLogger("tunneld")
 SYS_NET = "/sys/class/net"
 
+
+
+class LinkSpec(Protocol):
+    """What set-up reads of an interface's configuration (config.InterfaceConfig is one)."""
+
+    mtu: int
+    mac: str | None
+    bridge: str | None
+    addresses: tuple
+    routes: tuple
 
 class LinkSetup:
     def __init__(self, name: str, persistent: bool, nl: rtnl.Netlink | None = None):
@@ -59,7 +68,7 @@ class LinkSetup:
         if undo is not None and self.persistent:
             self.link_undo.append((what, undo))
 
-    def apply(self, cfg: InterfaceConfig, fwmark: int | None) -> None:
+    def apply(self, cfg: LinkSpec, fwmark: int | None) -> None:
         """Start-up: link properties, addresses, up, then routes and rules."""
         try:
             link = self.nl.link(self.index)

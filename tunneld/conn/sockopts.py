@@ -10,9 +10,9 @@ import ipaddress
 import os
 import socket
 
-from tunneld.config import Endpoint, is_ip
+from tunneld.conn.endpoint import Endpoint, is_ip
 from tunneld.errors import StartupError
-from tunneld.limits import SOCKET_BUFFER
+from tunneld.packet.limits import SOCKET_BUFFER
 
 # Linux values the socket module does not export (include/uapi/linux/in.h, in6.h, asm/socket.h)
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0

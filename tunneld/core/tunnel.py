@@ -21,16 +21,15 @@ simpletun, a tunneld without the capability). What arrives is checked
 
 from __future__ import annotations
 
-from tunneld.counters import Counters
-from tunneld.io import Address
-from tunneld.io import format_address as _fmt
-from tunneld.limits import ETHERNET_HEADER, VNET_HEADER
-from tunneld.mss import clamp as clamp_mss
-from tunneld.mss import is_syn
-from tunneld.offload import layout, segment, virtio
-from tunneld.offload.coalesce import Coalescer
-from tunneld.session import Session
-from tunneld.wg.constants import FLAG_PARTIAL, FLAG_VNET
+from tunneld.core.counters import Counters
+from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET, Address
+from tunneld.core.contract import format_address as _fmt
+from tunneld.packet.limits import ETHERNET_HEADER, VNET_HEADER
+from tunneld.packet.mss import clamp as clamp_mss
+from tunneld.packet.mss import is_syn
+from tunneld.packet import layout, segment, virtio
+from tunneld.packet.coalesce import Coalescer
+from tunneld.core.session import Session
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
 

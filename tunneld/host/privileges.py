@@ -55,29 +55,13 @@ def resolve(user: str, group: str | None) -> tuple[int, int]:
         raise StartupError(f"run_as.group: no such group {group!r}") from None
 
 
-def refuse_root(cfg) -> None:
-    """A config whose run_as is uid 0 is a mistake (ConfigError, exit 2): root
-    keeps every capability whatever run_as says. A user this machine does not
-    know is left to start-up, which says so (the user may be made later)."""
-    if cfg.run_as is None:
-        return
-    try:
-        uid = pwd.getpwnam(cfg.run_as.user).pw_uid
-    except KeyError:
-        return
-    if uid == 0:
-        from tunneld.config import ConfigError
-        raise ConfigError(cfg.source, 0, "run_as.user", f"{cfg.run_as.user!r} is uid 0, which keeps every "
-                          "capability: name an unprivileged user (e.g. tunneld), or leave run_as out to stay root")
-
-
 def drop(uid: int, gid: int, keep_net_admin: bool) -> None:
     """Become uid:gid with no supplementary groups and, at most, CAP_NET_ADMIN
     (effective, permitted, inheritable and ambient); the bounding set keeps
     nothing else, and NO_NEW_PRIVS is set, so no later exec (a hook, a setuid
     program it runs) can regain more, with or without systemd's
     NoNewPrivileges=."""
-    if uid == 0:  # config and cli refuse it first (refuse_root); this keeps any other caller honest
+    if uid == 0:  # config refuses it first (config.refuse_root); this keeps any other caller honest
         raise StartupError("run_as: uid 0 keeps every capability: name an unprivileged user")
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "PR_SET_NO_NEW_PRIVS")
     with open("/proc/sys/kernel/cap_last_cap") as f:

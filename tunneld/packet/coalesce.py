@@ -16,10 +16,10 @@ segment's payload, every later one is no larger, and all carry its headers.
 
 from __future__ import annotations
 
-from tunneld.limits import MAX_IP_PACKET
-from tunneld.offload import checksum
-from tunneld.offload import layout as L
-from tunneld.offload.virtio import (F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CHECK,
+from tunneld.packet.limits import MAX_IP_PACKET
+from tunneld.packet import checksum
+from tunneld.packet import layout as L
+from tunneld.packet.virtio import (F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CHECK,
                                     Header)
 
 MAX_SEGMENTS = 64  # the kernel's default gso_max_segs is higher; 64 keeps a write bounded

@@ -1,0 +1,34 @@
+"""Where the underlay's sockets bind and connect: the transport's settings as
+the config states them (host names resolved at start, see sockopts.resolve)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str  # an IP literal (no brackets) or a host name
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    protocol: str  # "udp" | "tcp"
+    listen: Endpoint | None
+    remote: Endpoint | None
+    keepalive: int | None = None  # s: persistent keepalive (encrypted modes)
+    fwmark: int | None = None  # SO_MARK on our sockets; with a /0 route also the full tunnel's table
+
+
+def is_ip(host: str) -> bool:
+    """An IP address literal (not a host name)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
