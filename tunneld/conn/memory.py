@@ -1,6 +1,6 @@
 """An in-memory network of transports (`tunneld.core.contract.Transport`), for
 tests of the core and of anything built on it. Its transports pass the same
-contract tests as UDP and TCP (tests/test_contracts.py) and hand out views of
+contract tests as UDP and TCP (tests/host/test_contracts.py) and hand out views of
 buffers that the next delivery overwrites, as the real ones do.
 """
 

@@ -1,6 +1,6 @@
 """An in-memory TUN/TAP device (`tunneld.core.contract.Device`), for tests of the
 core and of anything built on it. It passes the same contract tests as the real
-device (tests/test_contracts.py) and, like it, hands out views of one buffer
+device (tests/host/test_contracts.py) and, like it, hands out views of one buffer
 that the next read overwrites: code that keeps a packet past its callback fails
 here as it would in production.
 """

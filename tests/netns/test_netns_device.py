@@ -10,7 +10,6 @@ import pytest
 
 from tests.lab import HELPERS
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.mark.parametrize("offload", ["", "offload"])

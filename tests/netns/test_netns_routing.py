@@ -19,10 +19,9 @@ import sys
 import pytest
 
 from tests.lab import require_netns, wait_for
-from tests.test_netns_service import status
-from tests.test_netns_tunnel import keyed
+from tests.netns.test_netns_service import status
+from tests.netns.test_netns_tunnel import keyed
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture

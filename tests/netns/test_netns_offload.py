@@ -14,7 +14,6 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.netns
 
 MB20 = 20_000_000
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.packets import ethernet, ipv4_udp
-from tests.test_offload import payload, tcp_super
+from tests.unit.test_offload import payload, tcp_super
 from tunneld.packet import layout, virtio
 from tunneld.service.relay import Relay
 from tunneld.core.session import PlaintextSession

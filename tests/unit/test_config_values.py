@@ -3,7 +3,7 @@
 returns a Config or one ConfigError line naming the file, never a Python error
 (`tunneld check` printed ValueError tracebacks and exited 1; a reload left the
 client without an answer). `tunneld check` on the named cases; the reload's
-answer is in tests/test_netns_config.py."""
+answer is in tests/netns/test_netns_config.py."""
 
 import dataclasses
 import json

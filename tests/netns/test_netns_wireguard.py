@@ -19,7 +19,6 @@ import pytest
 
 from tests.lab import require_netns, wait_for
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture

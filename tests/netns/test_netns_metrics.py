@@ -15,9 +15,8 @@ import sys
 import pytest
 
 from tests.lab import HELPERS, wait_for
-from tests.test_netns_tunnel import site, sites  # noqa: F401 (a fixture)
+from tests.netns.test_netns_tunnel import site, sites  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.netns
 
 PORT = 9587
 NOFILE = 40  # the daemon holds about 20 itself: EMFILE comes at 20-odd clients, below metrics.MAX_CLIENTS (32)

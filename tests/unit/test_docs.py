@@ -18,7 +18,7 @@ import yaml
 from tunneld import cli, config
 from tunneld.service import reload
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tunneld" / "data"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

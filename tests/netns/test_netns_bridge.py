@@ -19,9 +19,8 @@ import json
 
 import pytest
 
-from tests.test_netns_tunnel import keyed
+from tests.netns.test_netns_tunnel import keyed
 
-pytestmark = pytest.mark.netns
 
 
 def gateway(tap: str, bridge: str, me: int, proto: str, encryption: str = "encryption: none") -> str:

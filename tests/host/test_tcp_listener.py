@@ -18,7 +18,7 @@ from tunneld.core.counters import Counters
 from tunneld.conn.framing import encode
 from tunneld.packet.limits import TCP_RECV_CHUNK
 from tunneld.conn.tcp import READ_BYTES, READ_FRAMES, TcpTransport
-from tests.test_contracts import free_port
+from tests.host.test_contracts import free_port
 
 OPENING = Opening(16, lambda m: m[:1] == b"\x01")
 AUTH, COOKIE, NEITHER = encode(b"\x01auth"), encode(b"\x01cookie"), encode(b"\x01nothing")

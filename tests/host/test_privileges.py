@@ -1,6 +1,6 @@
 """run_as corners (tunneld/host/privileges.py): uid 0 is refused as a config
 mistake, whatever its name; the drop itself refuses it too and sets
-NO_NEW_PRIVS (a started daemon's is checked in tests/test_netns_run_as.py)."""
+NO_NEW_PRIVS (a started daemon's is checked in tests/netns/test_netns_run_as.py)."""
 
 import os
 import pwd
@@ -62,7 +62,7 @@ print(open("/proc/self/status").read())
 
 def test_drop_refuses_uid_0_before_changing_anything():
     """In a child process: a broken check would drop the test runner's own capabilities."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     p = subprocess.run([sys.executable, "-c", DROP.format(root=root)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()

@@ -14,9 +14,8 @@ import sys
 import pytest
 
 from tests.lab import require_netns, wait_for
-from tests.test_netns_tunnel import site
+from tests.netns.test_netns_tunnel import site
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture

@@ -124,7 +124,7 @@ AS_USER = """
 import asyncio, logging, os, sys, uvloop
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from tests import test_hooks as t  # everything imported while root may still read it
+from tests.host import test_hooks as t  # everything imported while root may still read it
 log = logging.getLogger("tunneld"); log.handlers[:] = [t.Records()]; log.setLevel(logging.INFO)
 os.setgroups([]); os.setresgid({gid}, {gid}, {gid}); os.setresuid({uid}, {uid}, {uid})
 async def main():
@@ -142,7 +142,7 @@ def test_the_same_as_a_run_as_user():
     tmp = tempfile.mkdtemp(prefix="tunneld-hooks-")
     try:
         os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         p = subprocess.run([sys.executable, "-c", AS_USER.format(root=root, uid=nobody.pw_uid, gid=nobody.pw_gid,
                                                                  tmp=tmp)],
                            capture_output=True, text=True, timeout=60, cwd="/")

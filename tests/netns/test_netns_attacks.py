@@ -19,9 +19,8 @@ import time
 import pytest
 
 from tests.lab import HELPERS, wait_for
-from tests.test_netns_tunnel import site
+from tests.netns.test_netns_tunnel import site
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 
 from tests.lab import wait_for
 
-pytestmark = pytest.mark.netns
 
 
 def site(name: str, me: int, proto: str, *, listen: bool, remote: bool, extra: str = "",

@@ -20,10 +20,9 @@ import time
 import pytest
 
 from tests.lab import require
-from tests.test_netns_service import FakeSystemd, sites  # noqa: F401 (sites: the fixture drawn above)
-from tests.test_netns_tunnel import keyed, site
+from tests.netns.test_netns_service import FakeSystemd, sites  # noqa: F401 (sites: the fixture drawn above)
+from tests.netns.test_netns_tunnel import keyed, site
 
-pytestmark = pytest.mark.netns
 
 
 def tunneld(lab, *args: str, user: int | None = None, run: str | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 
 from tunneld import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tunneld(*args: str) -> subprocess.CompletedProcess:

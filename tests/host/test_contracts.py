@@ -1,7 +1,7 @@
 """One contract, every implementation: the in-memory fakes must behave like the
 real transports (UDP, TCP on loopback, no root needed) so that tests of the core
 on fakes say something about the real thing. The TUN/TAP side of the Device
-contract runs in a namespace: tests/test_netns_device.py.
+contract runs in a namespace: tests/netns/test_netns_device.py.
 """
 
 import asyncio

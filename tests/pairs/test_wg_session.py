@@ -373,7 +373,7 @@ def test_junk_is_counted_and_never_answered():
 
 def _super_packet(size=20000):
     """A TSO read as the device gives it: virtio header, then the super-packet."""
-    from tests.test_offload import payload, tcp_super
+    from tests.unit.test_offload import payload, tcp_super
     from tunneld.packet.virtio import Header
     frame, l4 = tcp_super(4, payload(size))
     return Header(1, 1, 0, 1368, l4, 16).pack() + frame, frame, Header(1, 1, 0, 1368, l4, 16)
@@ -407,7 +407,7 @@ def test_both_offload_agree_and_a_super_packet_arrives_joined():
 
 
 def test_a_peer_without_offload_gets_ordinary_packets():
-    from tests.test_offload import valid_l4
+    from tests.unit.test_offload import valid_l4
     from tunneld.packet import segment
     w = World(compatible=False, a_offload=True, b_offload=False)
     _handshake(w)

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.lab import require_netns, wait_for
-from tests.test_netns_tunnel import keyed, site
+from tests.netns.test_netns_tunnel import keyed, site
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def test_notify_to_an_abstract_socket():
 def test_units_pass_systemd_analyze_verify(tmp_path):
     from tests.lab import require
     require(shutil.which("systemd-analyze") is not None, "this test needs systemd-analyze (systemd)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tunneld_bin = shutil.which("tunneld") or str(Path(sys.executable).parent / "tunneld")
     for unit in ("tunneld@.service", "tunneld.target"):
         text = (root / "systemd" / unit).read_text().replace("/usr/local/bin/tunneld", tunneld_bin)
@@ -232,7 +231,7 @@ def test_mktun_then_a_non_root_tunneld_attaches(lab, sites, tmp_path):
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
     wheel_dir = lab.tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                    str(Path(__file__).resolve().parents[1]), "-w", str(wheel_dir)], check=True, capture_output=True)
+                    str(Path(__file__).resolve().parents[2]), "-w", str(wheel_dir)], check=True, capture_output=True)
     subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "--no-index",
                     "--find-links", str(wheel_dir), "tunneld"], check=True, capture_output=True)
     dev = lab.name("tdp")

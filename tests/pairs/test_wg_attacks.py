@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_wg_session import A, B, KEY_A, KEY_B, PING, PONG, Site, World
+from tests.pairs.test_wg_session import A, B, KEY_A, KEY_B, PING, PONG, Site, World
 from tunneld.wg import constants as C
 from tunneld.wg.cookie import CookieGenerator
 from tunneld.wg.primitives import public_of

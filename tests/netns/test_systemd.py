@@ -31,8 +31,7 @@ import pytest
 
 from tests.lab import require_netns, wait_for
 
-pytestmark = pytest.mark.netns
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/tunneld-test")
 INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,procps"
 SUITE = "bookworm"
@@ -171,7 +170,8 @@ def test_under_real_systemd(lab, sites):
         assert "installed" in install.stdout
         # what an earlier install left: /etc/tunneld and its files the tunneld user's
         c.run("chown", "-R", "tunneld:tunneld", "/etc/tunneld")
-        c.run("chmod", "700", "/etc/tunneld", "/etc/tunneld/site-a.yaml")
+        c.run("chmod", "700", "/etc/tunneld")
+        c.run("chmod", "600", "/etc/tunneld/site-a.yaml")
         again = c.run("env", "TUNNELD_WHEELS=/wheels", "/src/scripts/install", timeout=300)  # idempotent
         assert "installed" in again.stdout
         for path, want in (("/etc/tunneld", "750 root tunneld"), ("/etc/tunneld/site-a.yaml", "640 root tunneld")):

@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
-from tests.test_netns_tunnel import keyed, site
+from tests.netns.test_netns_tunnel import keyed, site
 
-pytestmark = pytest.mark.netns
 RULE = ("started as root, tunneld takes its config, hooks and keys only from files and folders that no one "
         "but root can change")
 

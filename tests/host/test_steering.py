@@ -68,7 +68,7 @@ async def test_the_kernel_steers_the_peers_datagrams_to_their_own_socket():
     import asyncio
     import socket
 
-    from tests.test_contracts import free_port
+    from tests.host.test_contracts import free_port
     from tunneld.config import Endpoint, TransportConfig
     from tunneld.conn.udp import UdpTransport
 

@@ -1,7 +1,7 @@
 """As root, tunneld refuses a config, a file a hook names or a key file that
 anyone but root could change: one owned by another user, writable by a group or
 others, or in a folder (up to /) that is. `tunneld check` says so in one line and
-exits 2, as a start does (tests/test_netns_config.py). The run_as user reads its
+exits 2, as a start does (tests/netns/test_netns_config.py). The run_as user reads its
 keys through its group (0640 root:GROUP). Not as root, none of this applies.
 
 Each case builds its files in pytest's tmp_path (under /tmp/pytest-of-root, 0700),

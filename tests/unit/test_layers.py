@@ -18,7 +18,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "tunneld"
+PACKAGE = Path(__file__).resolve().parents[2] / "tunneld"
 LAYERS = {"errors": 0, "packet": 0, "core": 1, "wg": 2, "tun": 2, "conn": 2, "host": 2, "config": 3,
           "service": 4, "cli": 5, "__main__": 6}
 

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Daemon
-from tests.test_netns_service import proc_status
-from tests.test_netns_tunnel import site, sites  # noqa: F401 (a fixture)
+from tests.netns.test_netns_service import proc_status
+from tests.netns.test_netns_tunnel import site, sites  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
