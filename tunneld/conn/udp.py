@@ -30,7 +30,7 @@ from tunneld.conn import sockopts as netaddr, steering
 from tunneld.conn.endpoint import TransportConfig
 from tunneld.core.contract import Address, OnMessages, format_address
 
-from tunneld.packet.limits import MAX_GSO_BYTES, MAX_SEGMENTS
+from tunneld.packet.limits import MAX_GSO_BYTES, UDP_GSO_MAX_SEGMENTS
 
 log = logging.getLogger("tunneld")
 DRAIN_BURST = 256  # reads per callback (each up to 64 datagrams); the loop calls again while more wait
@@ -158,10 +158,10 @@ class UdpTransport:
         while i < count:
             size = len(messages[i])
             j, total = i + 1, size
-            while j < count and j - i < MAX_SEGMENTS and total + size <= MAX_GSO_BYTES and len(messages[j]) == size:
+            while j < count and j - i < UDP_GSO_MAX_SEGMENTS and total + size <= MAX_GSO_BYTES and len(messages[j]) == size:
                 total += size
                 j += 1
-            if j < count and j - i < MAX_SEGMENTS and len(messages[j]) < size and total + len(messages[j]) <= MAX_GSO_BYTES:
+            if j < count and j - i < UDP_GSO_MAX_SEGMENTS and len(messages[j]) < size and total + len(messages[j]) <= MAX_GSO_BYTES:
                 j += 1  # a shorter message may end a run
             try:
                 if j - i == 1:

@@ -12,6 +12,7 @@ fib_rules.h. Building and parsing are pure functions (tested without a kernel);
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -319,7 +320,7 @@ class Netlink:
             try:
                 data = self.sock.recv(RECV_BUFFER)
             except socket.timeout:
-                raise NetlinkError(110, what) from None  # ETIMEDOUT
+                raise NetlinkError(errno.ETIMEDOUT, what) from None
             for m in messages(data):
                 if m.seq != seq:
                     continue  # an answer to an earlier request that timed out
@@ -346,7 +347,7 @@ class Netlink:
         found = self._exchange(RTM_GETLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0), f"read link {index}")
         link = parse_link(found[0].body) if found else None
         if link is None:
-            raise NetlinkError(19, f"read link {index}")  # ENODEV
+            raise NetlinkError(errno.ENODEV, f"read link {index}")
         return link
 
     def set_link(self, index: int, what: str, **changes) -> None:
@@ -413,7 +414,7 @@ class LinkWatch:
             except BlockingIOError:
                 return links, lost
             except OSError as e:
-                if e.errno == 105:  # ENOBUFS: the queue overflowed; the caller re-reads the state
+                if e.errno == errno.ENOBUFS:  # the queue overflowed; the caller re-reads the state
                     lost = True
                     continue
                 raise

@@ -16,13 +16,12 @@ segment's payload, every later one is no larger, and all carry its headers.
 
 from __future__ import annotations
 
-from tunneld.packet.limits import MAX_IP_PACKET
+from tunneld.packet.limits import GRO_MAX_SEGMENTS, MAX_IP_PACKET
 from tunneld.packet import checksum
 from tunneld.packet import layout as L
 from tunneld.packet.virtio import (F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CHECK,
                                     Header)
 
-MAX_SEGMENTS = 64  # the kernel's default gso_max_segs is higher; 64 keeps a write bounded
 TCP_PSH = 0x08
 TCP_ACK = 0x10
 
@@ -93,7 +92,7 @@ class Coalescer:
     @staticmethod
     def _joins(flow: _Flow, frame, lay: L.Layout, payload_len: int) -> bool:
         a, b, fl = flow.first, frame, flow.lay
-        if lay[:5] != fl[:5] or payload_len > flow.mss or len(flow.parts) >= MAX_SEGMENTS:
+        if lay[:5] != fl[:5] or payload_len > flow.mss or len(flow.parts) >= GRO_MAX_SEGMENTS:
             return False
         if fl.l4 - fl.l3 + fl.l4_len + flow.size + payload_len > MAX_IP_PACKET:
             return False

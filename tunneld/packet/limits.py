@@ -51,7 +51,9 @@ PADDING_TRAILER_ROOM = 16  # bytes: tunneld mode's TAP padding (0-15) and its le
 # Super-packets (IFF_VNET_HDR with TSO/USO, offload/)
 MAX_IP_PACKET = 65535  # bytes: an IP length field's ceiling, and so a TSO read's
 VNET_HEADER = 10  # bytes: struct virtio_net_hdr in front of every read and write
-MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS: datagrams one UDP GSO send may carry
+UDP_GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS: datagrams one UDP GSO send may carry
+GRO_MAX_SEGMENTS = 64  # TCP segments the coalescer joins into one super-packet write (the kernel's
+                      # gso_max_segs is higher; 64 keeps a write bounded)
 MAX_GSO_BYTES = 65000  # bytes of UDP payload in one GSO send (the limit is 65507 over IPv4)
 
 
