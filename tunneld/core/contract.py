@@ -6,7 +6,7 @@ Real implementations: `tunneld.tun.device.TunTap`, `tunneld.conn.udp.UdpTranspor
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 Address = Any  # a socket address tuple as the transport reports it, or a fake's label
 OnMessage = Callable[[bytes | memoryview, Address], None]
@@ -72,3 +72,21 @@ class Transport(Protocol):
     def send_many(self, messages: list, addr: Address) -> int: ...
 
     def close(self) -> None: ...
+
+
+# Optional abilities of a transport, checked with isinstance (wireguard-go's
+# conn.PeekLookAtSocketFd): the shell tells a transport that has one, and no other.
+
+@runtime_checkable
+class TakesBigFrames(Protocol):
+    """A stream transport that can take frames over 64 KB from the peer (super-packets)."""
+
+    def allow_big_frames(self, allow: bool) -> None: ...
+
+
+@runtime_checkable
+class FollowsPeer(Protocol):
+    """A transport that wants to know where the authenticated peer is now (TCP
+    promotes that candidate; UDP steers that source first)."""
+
+    def peer_moved(self, addr: Address) -> None: ...

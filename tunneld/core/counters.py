@@ -1,4 +1,5 @@
-"""Per-direction traffic counters, owned by the core and logged at stop."""
+"""Traffic counters: each layer owns a `Counters` it alone writes; a `CounterSet`
+sums them for metrics, status and the line logged at stop."""
 
 from __future__ import annotations
 
@@ -37,3 +38,46 @@ class Counters:
                 f"{self.cookies_sent} cookie replies, {self.handshakes_shed} handshake messages shed, "
                 f"{self.candidates_refused} TCP candidates refused, "
                 f"{self.super_reads} super-packets read, {self.super_writes} written")
+
+
+class CounterSet:
+    """What metrics, status and the stop line read: the sum of parts, each
+    written by one layer only (the core's checks, the session, the relay's
+    device and transport I/O, a TCP listener). Reading builds the sums; nobody
+    writes through it."""
+
+    def __init__(self, *parts: Counters):
+        self.parts: list[Counters] = list(parts)
+
+    def add(self, part: Counters) -> Counters:
+        """Count `part` in from now on (its owner keeps writing it)."""
+        self.parts.append(part)
+        return part
+
+    def replace(self, old: Counters, new: Counters) -> None:
+        """A new session's counters take over from the old's, which stay counted."""
+        if new is not old:
+            self.parts.append(new)
+
+    def total(self) -> Counters:
+        out = Counters()
+        for name in _SCALARS:
+            setattr(out, name, sum(getattr(p, name) for p in self.parts))
+        for way in ("tx", "rx"):
+            d = getattr(out, way)
+            for name in ("packets", "bytes", "drops", "errors"):
+                setattr(d, name, sum(getattr(getattr(p, way), name) for p in self.parts))
+        return out
+
+    def __getattr__(self, name: str):
+        if name == "parts":
+            raise AttributeError(name)
+        if name in ("tx", "rx") or name in _SCALARS:
+            return getattr(self.total(), name)
+        raise AttributeError(name)
+
+    def summary(self) -> str:
+        return self.total().summary()
+
+
+_SCALARS = tuple(f for f in Counters.__dataclass_fields__ if f not in ("tx", "rx"))

@@ -1,26 +1,32 @@
-"""Sessions: what turns a device packet into a wire message and back.
+"""Sessions: what turns device packets into wire messages and back.
 
-The core hands every packet through a session with this contract:
+The core hands every packet through a session with this contract. Calls take
+input with the time and return what to send; nothing is polled afterwards and
+nothing is handed in to be written:
 
-    seal(packet, now, flags) -> message | None
-                                            None: staged or dropped by the session;
-                                            flags: wg.constants.FLAG_* (a super-packet,
-                                            a partial checksum), only if sends_offload(now)
-    seal_many(packets, now, flags) -> [message]
-                                            a batch (a super-packet's segments), in order
+    seal(packets, now, flags) -> [message]  messages for the peer's endpoint, in order:
+                                            the sealed packets, or the handshake they
+                                            started while they wait (staged); flags:
+                                            FLAG_* (a super-packet, a partial checksum),
+                                            only if sends_offload(now)
+    open(batch, addr, now) -> Opened        what one read from `addr` brought:
+        .packets   [(packet, flags)]        for the device (b"": a keepalive, left out)
+        .source    address | None           where an accepted message came from
+                                            (authenticated, when the session can tell)
+        .send      [(message, addr|None)]   answers (None: to the peer's endpoint)
+    handle_timer(now) -> [message]          retries, keepalives, rekeys (to the endpoint)
+    get_timer() -> float | None             its next deadline, on the caller's clock
+    kick(now) -> [message]                  the peer became reachable (start, reload)
+    stream_up(now) -> [message]             we dialled a new stream to the peer
+    next_event() -> Event | None            what happened (core/events.py), oldest first
+    counters                                its own Counters (it alone writes them)
     sends_offload(now)                      the peer takes those flags now
-    opened_flags                            the flags of the last opened packet
     offload_peer                            some keypair carries super-packets
     authenticated                           open() proves who sent what
-    open(message, addr, now) -> packet | None
-                                            None: nothing for the device; b"": a keepalive
-    accepted_from                           the source of the last message the session
-                                            accepted (authenticated, when it can tell)
-    control                                 (message, addr or None) the session wants sent
-    next_deadline() / on_timer(now)         its timers, on the caller's clock
-    kick(now)                               the peer became reachable (start, TCP connect)
-    stream_up(now)                          we dialled a new stream to the peer
     padded                                  packets may carry padding the core trims
+    set_keepalive(seconds | None)           a persistent keepalive, from now on
+    rekey_from(old_session)                 the same peer's earlier session: keep what
+                                            must outlive it (the replay guard)
 
 `PlaintextSession` is the explicit `encryption: none` mode, byte-compatible with
 simpletun; `tunneld.wg.peer.WireGuardSession` is WireGuard's protocol.
@@ -28,7 +34,17 @@ simpletun; `tunneld.wg.peer.WireGuardSession` is WireGuard's protocol.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from tunneld.core.counters import Counters
+
+NOTHING: tuple = ()  # returned when there is nothing to send: no list made per packet
+
+
+class Opened(NamedTuple):
+    packets: list  # [(packet, flags)]
+    source: Any  # the address an accepted message came from, or None
+    send: list | tuple  # [(message, addr or None)]
 
 
 @runtime_checkable
@@ -37,28 +53,28 @@ class Session(Protocol):
 
     padded: bool
     authenticated: bool
-    opened_flags: int
     offload_peer: bool
-    accepted_from: Any
-    control: list
+    counters: Counters
 
-    def bind(self, counters, events: list, note) -> None: ...
-
-    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | memoryview | None: ...
-
-    def seal_many(self, packets, now: float, flags: int = 0) -> list: ...
+    def seal(self, packets, now: float, flags: int = 0) -> list | tuple: ...
 
     def sends_offload(self, now: float) -> bool: ...
 
-    def open(self, message: bytes | memoryview, addr, now: float) -> bytes | memoryview | None: ...
+    def open(self, batch, addr, now: float) -> Opened: ...
 
-    def next_deadline(self) -> float | None: ...
+    def get_timer(self) -> float | None: ...
 
-    def on_timer(self, now: float) -> None: ...
+    def handle_timer(self, now: float) -> list | tuple: ...
 
-    def kick(self, now: float) -> None: ...
+    def kick(self, now: float) -> list | tuple: ...
 
-    def stream_up(self, now: float) -> None: ...
+    def stream_up(self, now: float) -> list | tuple: ...
+
+    def next_event(self): ...
+
+    def set_keepalive(self, seconds: float | None) -> None: ...
+
+    def rekey_from(self, old) -> None: ...
 
 
 class PlaintextSession:
@@ -67,42 +83,43 @@ class PlaintextSession:
 
     padded = False
     authenticated = False  # nothing proves who sent a packet
-    opened_flags = 0  # plaintext has no capabilities to negotiate
     offload_peer = False
 
     def __init__(self) -> None:
-        self.control: list = []
-        self.accepted_from = None
-        self.counters = None
+        self.counters = Counters()
 
-    def bind(self, counters, events, note) -> None:
-        self.counters = counters
-
-    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | memoryview:
-        return packet
-
-    def seal_many(self, packets, now: float, flags: int = 0) -> list:
-        return list(packets)
+    def seal(self, packets, now: float, flags: int = 0) -> list | tuple:
+        return packets
 
     def sends_offload(self, now: float) -> bool:
         return False  # simpletun's wire: whole ordinary packets only
 
-    def open(self, message: bytes | memoryview, addr, now: float) -> bytes | memoryview | None:
-        if not message:  # an empty datagram carries no packet, and plaintext has no keepalives
-            self.accepted_from = None
-            self.counters.rx.errors += 1
-            return None
-        self.accepted_from = addr
-        return message
+    def open(self, batch, addr, now: float) -> Opened:
+        packets = []
+        for message in batch:
+            if message:
+                packets.append((message, 0))  # plaintext has no capabilities to negotiate
+            else:  # an empty datagram carries no packet, and plaintext has no keepalives
+                self.counters.rx.errors += 1
+        return Opened(packets, addr if packets else None, NOTHING)
 
-    def next_deadline(self) -> float | None:
+    def get_timer(self) -> float | None:
         return None
 
-    def on_timer(self, now: float) -> None:
-        pass
+    def handle_timer(self, now: float) -> tuple:
+        return NOTHING
 
-    def kick(self, now: float) -> None:
-        pass
+    def kick(self, now: float) -> tuple:
+        return NOTHING
 
-    def stream_up(self, now: float) -> None:
+    def stream_up(self, now: float) -> tuple:
+        return NOTHING
+
+    def next_event(self) -> None:
+        return None
+
+    def set_keepalive(self, seconds: float | None) -> None:
+        pass  # nothing to keep alive: no keys, no state in the path
+
+    def rekey_from(self, old) -> None:
         pass

@@ -1,12 +1,15 @@
 """The pure core of one point-to-point tunnel.
 
-    device packet --from_device()--> session.seal --> self.datagrams --> transport
-    transport message --from_network()--> session.open --> checks --> self.packets --> device
-    timer --on_timer()--> session.on_timer --> self.datagrams (handshakes, keepalives)
+    device packet --from_device()--> session.seal --> datagrams_to_send() --> transport
+    transport batch --from_network()--> session.open --> checks --> packets_to_deliver() --> device
+    timer --handle_timer()--> session.handle_timer --> datagrams_to_send() (handshakes, keepalives)
 
-No I/O and no clock: every entry point takes `now`; outputs are appended to
-`datagrams` (message, address), `packets` (for the device) and `events`
-(level, text) for the I/O side to carry out and clear. The counters live here.
+No I/O and no clock (aioquic's connection): input comes with the time
+(`from_device`, `from_network`, `handle_timer`, `transport_up`/`transport_down`,
+`start`) and returns nothing; what to do comes out of `datagrams_to_send()`
+[(message, address)], `packets_to_deliver()`, `get_timer()` and `next_event()`
+(core/events.py), the session's events passed on in order. `counters` sums what
+each layer counts in its own part (core/counters.py); the core writes `own`.
 
 With a virtio-header device (`vnet`), a device read may be a 64 KB super-packet.
 It leaves whole when the session's keypair carries super-packets and the
@@ -21,15 +24,19 @@ simpletun, a tunneld without the capability). What arrives is checked
 
 from __future__ import annotations
 
-from tunneld.core.counters import Counters
+import collections
+import dataclasses
+
+from tunneld.core.counters import Counters, CounterSet
 from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET, Address
 from tunneld.core.contract import format_address as _fmt
+from tunneld.core.events import Notice, OffloadChanged, PeerMoved, StreamChanged
 from tunneld.packet.limits import ETHERNET_HEADER, VNET_HEADER
 from tunneld.packet.mss import clamp as clamp_mss
 from tunneld.packet.mss import is_syn
 from tunneld.packet import layout, segment, virtio
 from tunneld.packet.coalesce import Coalescer
-from tunneld.core.session import Session
+from tunneld.core.session import NOTHING, Session
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
 
@@ -62,20 +69,47 @@ class Tunnel:
         self.allowed = None
         self.set_allowed(allowed_ips)
         self.clamp = clamp
-        self.counters = Counters()
-        self.datagrams: list[tuple[bytes | memoryview, Address]] = []
-        self.packets: list[bytes | memoryview] = []
-        self.events: list[tuple[str, str]] = []
+        self.own = Counters()  # what the core's own checks count
+        self.counters = CounterSet(self.own, session.counters)
+        self._datagrams: list[tuple[bytes | memoryview, Address]] = []
+        self._packets: list[bytes | memoryview] = []
+        self._events: collections.deque = collections.deque()
         self._quiet_until: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self.had_stream = False
-        session.bind(self.counters, self.events, self.note)
+        self.offload_peer = False  # what the last OffloadChanged said
+
+    # --- what to do: the one way out ------------------------------------------
+
+    def datagrams_to_send(self) -> list | tuple:
+        """[(message, address)] to send now, in order; the caller owns the list."""
+        out = self._datagrams
+        if not out:
+            return NOTHING
+        self._datagrams = []
+        return out
+
+    def packets_to_deliver(self) -> list | tuple:
+        """Packets for the device, in order; the caller owns the list."""
+        out = self._packets
+        if not out:
+            return NOTHING
+        self._packets = []
+        return out
+
+    def next_event(self):
+        """The oldest event not yet taken (core/events.py), or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When handle_timer() wants calling next, on the caller's clock."""
+        return self.session.get_timer()
 
     # --- device -> network ---------------------------------------------------
 
     def from_device(self, packet: bytes | memoryview, now: float) -> None:
         if self.endpoint is None:
-            self.counters.tx.drops += 1  # no peer to send to yet
+            self.own.tx.drops += 1  # no peer to send to yet
             return
         if self.vnet:
             self._from_vnet(packet, now)
@@ -83,13 +117,9 @@ class Tunnel:
             if self.clamp is not None:
                 packet = clamp_mss(packet, *self.clamp)
             self._seal(packet, now)
-        if self.session.control:
-            self._take_control()
 
     def _seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
-        message = self.session.seal(packet, now, flags)
-        if message is not None:
-            self.datagrams.append((message, self.endpoint))
+        self._to_endpoint(self.session.seal((packet,), now, flags), now)
 
     def _from_vnet(self, buf: bytes | memoryview, now: float) -> None:
         """A device read with its virtio header: see the module docstring."""
@@ -103,7 +133,7 @@ class Tunnel:
         header = virtio.unpack(buf)
         offload = session.sends_offload(now)
         if header.gso:
-            self.counters.super_reads += 1
+            self.own.super_reads += 1
         try:
             if not header.gso:
                 flags = 0
@@ -119,32 +149,44 @@ class Tunnel:
             if offload and self.stream:  # whole, in one frame, with its header
                 self._seal(buf, now, FLAG_VNET)
                 return
-            messages = session.seal_many(segment.split(frame, header, self.tap, full=not offload), now,
-                                         FLAG_PARTIAL if offload else 0)
-            to = self.endpoint
-            self.datagrams.extend([(m, to) for m in messages])
+            self._to_endpoint(session.seal(segment.split(frame, header, self.tap, full=not offload), now,
+                                           FLAG_PARTIAL if offload else 0), now)
         except segment.Unsplittable as e:
-            self.counters.tx.errors += 1
+            self.own.tx.errors += 1
             self.note(now, "device-offload", "warning", f"dropped a device packet: {e}")
 
     # --- network -> device ---------------------------------------------------
 
-    def from_network(self, message: bytes | memoryview, addr: Address, now: float) -> None:
-        rx = self.counters.rx
+    def from_network(self, batch, addr: Address, now: float) -> None:
+        """What one read brought from `addr` (a UDP GRO batch, the frames of one
+        TCP read): opened, checked, joined where they can be."""
         if self.pinned and addr != self.endpoint:
-            rx.drops += 1
-            self.note(now, "stranger", "warning", f"dropped a packet from {_fmt(addr)}: not the configured peer {_fmt(self.endpoint)}")
+            self.own.rx.drops += len(batch)
+            for _ in batch:  # one line per interval, counting the rest
+                self.note(now, "stranger", "warning", f"dropped a packet from {_fmt(addr)}: not the configured peer {_fmt(self.endpoint)}")
             return
         session = self.session
-        packet = session.open(message, addr, now)
-        if session.accepted_from is not None and session.accepted_from != self.endpoint:
-            self._follow(session.accepted_from)
-        if session.control:
-            self._take_control()
-        if not packet:  # None: handled or refused by the session; b"": a keepalive
-            return
+        opened = session.open(batch, addr, now)
+        if opened.source is not None and opened.source != self.endpoint:
+            self._follow(opened.source)
+        if opened.send:
+            self._take_replies(opened.send)
+        self._take_events(now)
+        for packet, flags in opened.packets:
+            self._check(packet, flags, addr, now)
+        coalescer = self.coalescer
+        if coalescer is not None and coalescer.out:
+            self.own.super_writes += coalescer.joined
+            self._packets.extend(coalescer.flush())
+        if session.offload_peer is not self.offload_peer:
+            self.offload_peer = session.offload_peer
+            self._events.append(OffloadChanged(self.offload_peer))
+
+    def _check(self, packet, flags: int, addr: Address, now: float) -> None:
+        """An opened packet on its way to the device: dropped and counted unless it is whole and allowed."""
+        rx = self.own.rx
+        session = self.session
         header = None
-        flags = session.opened_flags
         if flags & FLAG_VNET:  # the plaintext leads with a virtio header
             if len(packet) <= VNET_HEADER:
                 rx.errors += 1
@@ -206,21 +248,14 @@ class Tunnel:
             packet = clamp_mss(packet, *self.clamp)
         coalescer = self.coalescer
         if coalescer is None:
-            self.packets.append(packet)
+            self._packets.append(packet)
         elif header is not None and header.gso:
             coalescer.add_whole(header.pack() + packet)
-            self.counters.super_writes += 1
+            self.own.super_writes += 1
         elif session.authenticated:
             coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)
         else:
-            self.packets.append(virtio.PLAIN + packet)
-
-    def end_batch(self) -> None:
-        """The transport has handed over what one read brought: joined segments go out."""
-        coalescer = self.coalescer
-        if coalescer is not None and coalescer.out:
-            self.counters.super_writes += coalescer.joined
-            self.packets.extend(coalescer.flush())
+            self._packets.append(virtio.PLAIN + packet)
 
     # --- live changes (reload) ------------------------------------------------
 
@@ -228,72 +263,98 @@ class Tunnel:
         self.allowed = _allowed_table(networks) if networks is not None and self.mode == "tun" else None
 
     def replace_session(self, session) -> None:
-        """New keys: the old session's keypairs go with it; the next packet handshakes."""
-        session.bind(self.counters, self.events, self.note)
+        """New keys: the old session's keypairs go with it; the next packet handshakes.
+        Its counts stay in the totals."""
+        session.rekey_from(self.session)
+        self.counters.add(session.counters)
         self.session = session
+
+    def set_keepalive(self, seconds: float | None) -> None:
+        self.session.set_keepalive(seconds)
+
+    def set_endpoint(self, addr: Address | None, pinned: bool) -> None:
+        """The configured peer (start, reload): `pinned`, accept nothing from elsewhere."""
+        self.endpoint = addr
+        self.pinned = pinned
 
     # --- timers --------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        return self.session.next_deadline()
+    def handle_timer(self, now: float) -> None:
+        self._to_endpoint(self.session.handle_timer(now), now)
 
-    def on_timer(self, now: float) -> None:
-        self.session.on_timer(now)
-        if self.session.control:
-            self._take_control()
-
-    def kick(self, now: float) -> None:
+    def start(self, now: float) -> None:
         """The transport is up and the peer known: a session with a persistent
         keepalive says hello now, as WireGuard does when an interface comes up."""
         if self.endpoint is not None:
-            self.session.kick(now)
-            if self.session.control:
-                self._take_control()
+            self._to_endpoint(self.session.kick(now), now)
 
     # --- connection-oriented transports (TCP) -----------------------------------
 
-    def peer_up(self, addr: Address, dialled: bool = False, now: float = 0.0) -> None:
+    def transport_up(self, addr: Address, dialled: bool = False, now: float = 0.0) -> None:
         """A stream to the peer is established: send to it from now on. One we
         dialled starts a handshake at once: the listener may have restarted, and
         the old keypair would go unanswered until the 15 s no-reply timer."""
         if self.had_stream:
-            self.counters.reconnects += 1
+            self.own.reconnects += 1
         self.had_stream = True
         self.endpoint = addr
+        self._events.append(StreamChanged(addr))
         if dialled:
-            self.session.stream_up(now)
-            if self.session.control:
-                self._take_control()
+            self._to_endpoint(self.session.stream_up(now), now)
 
-    def peer_down(self) -> None:
+    def transport_down(self) -> None:
         self.endpoint = None
+        self._events.append(StreamChanged(None))
 
     # --- events ---------------------------------------------------------------
 
     def note(self, now: float, kind: str, level: str, text: str) -> None:
-        """An event, at most once per LOG_INTERVAL per kind, saying how many were held back."""
-        if now < self._quiet_until.get(kind, float("-inf")):
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        held = self._suppressed.pop(kind, 0)
-        self._quiet_until[kind] = now + LOG_INTERVAL
-        self.events.append((level, f"{text} (and {held} more like it)" if held else text))
+        """A rate-limited Notice (the shell's too: a transport's refusals)."""
+        self._emit(Notice(kind, level, text), now)
 
-    def _take_control(self) -> None:
-        for message, addr in self.session.control:
+    def _emit(self, event, now: float) -> None:
+        """Queue an event; one of a `kind` at most once per LOG_INTERVAL, saying how many were held back."""
+        kind = event.kind
+        if kind is not None:
+            if now < self._quiet_until.get(kind, float("-inf")):
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            held = self._suppressed.pop(kind, 0)
+            self._quiet_until[kind] = now + LOG_INTERVAL
+            if held:
+                event = dataclasses.replace(event, held=held)
+        self._events.append(event)
+
+    def _take_events(self, now: float) -> None:
+        """The session's events, passed on in order."""
+        next_event = self.session.next_event
+        event = next_event()
+        while event is not None:
+            self._emit(event, now)
+            event = next_event()
+
+    def _to_endpoint(self, messages, now: float) -> None:
+        """What the session sealed or started, for the peer's endpoint; then its events."""
+        self._take_events(now)
+        if messages:
+            to = self.endpoint
+            if to is None:
+                self.own.tx.drops += len(messages)
+            else:
+                self._datagrams.extend([(m, to) for m in messages])
+
+    def _take_replies(self, replies) -> None:
+        for message, addr in replies:
             dest = addr if addr is not None else self.endpoint
             if dest is None:
-                self.counters.tx.drops += 1
+                self.own.tx.drops += 1
             else:
-                self.datagrams.append((message, dest))
-        self.session.control.clear()
+                self._datagrams.append((message, dest))
 
     def _follow(self, addr: Address) -> None:
-        if self.endpoint is None:
-            self.events.append(("info", f"peer is {_fmt(addr)}"))
-        else:
-            self.counters.peer_changes += 1
-            self.events.append(("info", f"peer moved from {_fmt(self.endpoint)} to {_fmt(addr)}"))
+        if self.endpoint is not None:
+            self.own.peer_changes += 1
+        self._events.append(PeerMoved(self.endpoint, addr))
         self.endpoint = addr
 
 

@@ -33,6 +33,8 @@ from tunneld.host.netconf import LinkSetup
 from tunneld.service.relay import Relay
 from tunneld.service.reload import plan, restart_needed
 from tunneld.service.sdnotify import Notifier
+from tunneld.core.counters import Counters
+from tunneld.core.events import HandshakeCompleted, PeerMoved, StreamChanged
 from tunneld.core.session import PlaintextSession
 from tunneld.conn.tcp import TcpTransport
 from tunneld.core.tunnel import Tunnel
@@ -43,6 +45,8 @@ from tunneld.wg.peer import WireGuardSession
 from tunneld.wg.primitives import DHError, public_of
 
 log = logging.getLogger("tunneld")
+# events after which STATUS= says something else in short (the peer, the last handshake)
+_STATUS_EVENTS = (HandshakeCompleted, PeerMoved, StreamChanged)
 STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
 # what a new TCP connection to an encrypted listener must open with: an initiation
 # (type and size; reserved bytes and the rest are the session's to judge)
@@ -74,7 +78,6 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._watch: rtnl.LinkWatch | None = None
         self._link_up = True
-        self._state: tuple | None = None  # what STATUS= last said, in short
 
     def stop(self, reason: str, code: int = 0) -> None:
         if not self.stopping.done():
@@ -112,7 +115,7 @@ class Daemon:
                                       clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None,
                                       vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp")
             self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm,
-                                       on_state=self._state_changed)
+                                       on_event=self._on_event)
             undo.callback(lambda: self._timer and self._timer.cancel())
             await self._open_transport()
             undo.callback(lambda: self.transport.close())
@@ -173,15 +176,14 @@ class Daemon:
         if tcfg.protocol == "udp":
             self.transport, remote = await UdpTransport.open(tcfg, relay.messages, cfg.max_message, relay.transport_error,
                                                              steer=cfg.encryption is not None)
-            core.endpoint = remote
             # plaintext cannot prove who sent a packet: a configured peer is pinned
-            core.pinned = cfg.encryption is None and remote is not None
+            core.set_endpoint(remote, pinned=cfg.encryption is None and remote is not None)
         else:
             self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.messages,
                                                      relay.peer_up, relay.peer_down, relay.transport_error,
                                                      authenticated=cfg.encryption is not None, note=relay.note,
                                                      opening=OPENING if cfg.encryption is not None else None,
-                                                     counters=core.counters)
+                                                     counters=core.counters.add(Counters()))
         relay.transport = self.transport
 
     def _arm(self, when: float) -> None:
@@ -266,13 +268,11 @@ class Daemon:
         self.notifier.status(self.status_line())
         self.loop.call_later(STATUS_INTERVAL, self._tick_status)
 
-    def _state_changed(self) -> None:
-        """The relay saw an event (a handshake, the peer moved, a connection lost
-        or back): tell systemd now if what STATUS= says in short changed."""
-        core = self.core
-        state = (core.endpoint, core.counters.handshakes, core.counters.reconnects, core.counters.peer_changes)
-        if state != self._state and self.notifier.sock is not None and not self.stopping.done():
-            self._state = state
+    def _on_event(self, event) -> None:
+        """What the core reported (core/events.py), already logged: a handshake,
+        the peer moved, a connection lost or back change what STATUS= says in
+        short, so systemd hears it now rather than at the next tick."""
+        if isinstance(event, _STATUS_EVENTS) and self.notifier.sock is not None and not self.stopping.done():
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
@@ -374,7 +374,7 @@ class Daemon:
         session = None
         if p.keys:
             try:
-                session = make_session(new, previous=core.session, offload=core.vnet)
+                session = make_session(new, offload=core.vnet)
             except StartupError as e:
                 return False, str(e)
         # then the kernel, all or nothing, compared with what it really has
@@ -392,15 +392,13 @@ class Daemon:
             logging.getLogger("tunneld").setLevel(new.log_level.upper())
         if p.remote:
             if new.transport.protocol == "udp":
-                core.endpoint = remote
-                core.pinned = new.encryption is None and remote is not None
+                core.set_endpoint(remote, pinned=new.encryption is None and remote is not None)
             else:
                 self.transport.set_remote(new.transport.remote)
         if session is not None:
-            core.replace_session(session)
+            core.replace_session(session)  # the same peer's replay guard carries over (rekey_from)
         elif p.keepalive:
-            core.session.persistent_keepalive = new.transport.keepalive
-            core.session.t_persistent = None
+            core.set_keepalive(new.transport.keepalive)
         if p.allowed_ips:
             core.set_allowed(new.encryption.allowed_ips)
         self.cfg = new
@@ -411,7 +409,7 @@ class Daemon:
         return True, f"reloaded {new.source}: {', '.join(changed) if changed else 'nothing changed'}"
 
 
-def make_session(cfg: Config, previous=None, offload: bool = False):
+def make_session(cfg: Config, offload: bool = False):
     """`offload`: the device has virtio headers, so tunneld mode may offer the
     peer super-packets (WireGuard-compatible mode never does)."""
     enc = cfg.encryption
@@ -431,9 +429,6 @@ def make_session(cfg: Config, previous=None, offload: bool = False):
                                    wall_clock=time.time)
     except DHError:  # config.parse refuses such a key; this is for a Config built any other way
         raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it") from None
-    if previous is not None and previous.handshake.peer_public == enc.peer_public_key:
-        # the same peer: its old initiations stay replays after a reload
-        session.handshake.last_timestamp = previous.handshake.last_timestamp
     return session
 
 

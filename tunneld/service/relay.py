@@ -1,11 +1,14 @@
 """The packet path: Device <-> core <-> Transport, one callback per readable fd.
 
-    device readable --device_readable()--> Tunnel.from_device --> Transport.send_many
-    transport batch --messages()--> Tunnel.from_network (each) --> end_batch --> Device.write
+    device readable --device_readable()--> Tunnel.from_device --> datagrams_to_send() --> Transport.send_many
+    transport batch --messages()--> Tunnel.from_network --> packets_to_deliver() --> Device.write
 
 Each callback drains a bounded burst, hands every packet to the core and carries
 out what the core asked for at once (so a reused read buffer is never held),
-then logs the core's events. No awaits, queues or thread hops per packet.
+then takes the core's events: logs each (its text is today's line), tells a
+transport with the ability to act on one (core/contract.py), and hands them to
+the daemon (`on_event`: STATUS=, never per packet). No awaits, queues or thread
+hops per packet. The relay counts what it moves in its own part of the counters.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import logging
 import time
 from typing import Callable
 
-from tunneld.core.contract import Address, Device, Transport, format_address
+from tunneld.core.contract import Address, Device, FollowsPeer, TakesBigFrames, Transport, format_address
+from tunneld.core.counters import Counters
+from tunneld.core.events import OffloadChanged, PeerMoved
 from tunneld.core.tunnel import Tunnel
 
 log = logging.getLogger("tunneld")
@@ -30,21 +35,20 @@ class Relay:
                  clock: Callable[[], float] = time.monotonic,
                  on_fatal: Callable[[str], None] | None = None,
                  arm: Callable[[float], None] | None = None,
-                 on_state: Callable[[], None] | None = None):
+                 on_event: Callable[[object], None] | None = None):
         """`arm(when)`: have timer_fired() called at `when` (on `clock`), replacing
         any earlier request; the daemon backs it with one loop.call_later handle.
-        `on_state()`: called after events (a handshake, the peer moved, a stream
-        up or down), never per packet; the daemon tells systemd."""
+        `on_event(event)`: every event the core gave (core/events.py), after it
+        was logged; the daemon tells systemd."""
         self.core = core
         self.device = device
         self.transport = transport
         self.clock = clock
         self.on_fatal = on_fatal or (lambda why: log.error("%s", why))
         self.arm = arm
-        self.on_state = on_state or (lambda: None)
+        self.on_event = on_event or (lambda event: None)
         self.armed_at = float("inf")
-        self.endpoint_seen = core.endpoint
-        self.big_frames = False  # told to a stream transport: the peer may send frames over 64 KB
+        self.counters = core.counters.add(Counters())  # what the relay moves: sent, written, failed
 
     def device_readable(self) -> None:
         core, read = self.core, self.device.read
@@ -53,7 +57,7 @@ class Relay:
             try:
                 packet = read()
             except OSError as e:
-                core.counters.tx.errors += 1
+                self.counters.tx.errors += 1
                 if e.errno in _DEVICE_GONE:
                     self.on_fatal(f"{self.device.name}: device went away ({e.strerror})")
                     break
@@ -62,58 +66,41 @@ class Relay:
             if packet is None:
                 break
             core.from_device(packet, now)
-            if core.datagrams:
-                self._send(now)  # at once: the device's read buffer is reused by the next read
+            datagrams = core.datagrams_to_send()
+            if datagrams:
+                self._send(datagrams, now)  # at once: the device's read buffer is reused by the next read
         self._carry_out(now)
 
     def messages(self, batch, addr: Address) -> None:
         """A transport's on_messages callback: what one read brought from `addr`
         (a UDP GRO batch, the frames of one TCP read). The buffers may be reused
         once this returns, so everything is carried out before it does."""
-        core = self.core
         now = self.clock()
-        for message in batch:
-            core.from_network(message, addr, now)
-            if core.endpoint is not self.endpoint_seen:  # the core replaces the object only when it moves
-                self._endpoint_changed()
-        core.end_batch()
-        if core.session.offload_peer is not self.big_frames:
-            self.big_frames = core.session.offload_peer
-            allow = getattr(self.transport, "allow_big_frames", None)
-            if allow is not None:
-                allow(self.big_frames)
+        self.core.from_network(batch, addr, now)
         self._carry_out(now)
-
-    def _endpoint_changed(self) -> None:
-        """The core follows the peer to a new address: a transport that cares (TCP
-        promotes that candidate; UDP steers that source first) is told."""
-        self.endpoint_seen = self.core.endpoint
-        moved = getattr(self.transport, "peer_moved", None)
-        if moved is not None and self.endpoint_seen is not None:
-            moved(self.endpoint_seen)
 
     def note(self, kind: str, level: str, text: str) -> None:
         """A transport's rate-limited log line."""
         self.core.note(self.clock(), kind, level, text)
-        self.log_events()
+        self.take_events()
 
     def timer_fired(self) -> None:
         """The one timer: the core decides what, if anything, is due."""
         self.armed_at = float("inf")
-        core = self.core
         now = self.clock()
-        core.on_timer(now)
+        self.core.handle_timer(now)
         self._carry_out(now)
 
     def _carry_out(self, now: float) -> None:
-        """Do what the core asked for: write packets, send messages, log, re-arm."""
+        """Do what the core asked for: write packets, send messages, take events, re-arm."""
         core = self.core
-        if core.packets:
-            self._deliver(now)
-        if core.datagrams:
-            self._send(now)
-        if core.events:
-            self.log_events()
+        packets = core.packets_to_deliver()
+        if packets:
+            self._deliver(packets, now)
+        datagrams = core.datagrams_to_send()
+        if datagrams:
+            self._send(datagrams, now)
+        self.take_events()
         self._rearm()
 
     def _rearm(self) -> None:
@@ -121,7 +108,7 @@ class Relay:
         fires early finds nothing due and re-arms. No cancel/re-create per packet."""
         if self.arm is None:
             return
-        deadline = self.core.next_deadline()
+        deadline = self.core.get_timer()
         if deadline is not None and deadline < self.armed_at:
             self.armed_at = deadline
             self.arm(deadline)
@@ -129,50 +116,42 @@ class Relay:
     def transport_error(self, text: str, kind: str | None = None) -> None:
         """A transport refused input from the network: counted and logged. With a
         `kind` (per-datagram events a flood could repeat), at most once per interval."""
-        core = self.core
-        core.counters.rx.errors += 1
+        self.counters.rx.errors += 1
         if kind is None:
             log.warning("%s", text)
         else:
-            core.note(self.clock(), kind, "warning", text)
-            self.log_events()
+            self.core.note(self.clock(), kind, "warning", text)
+            self.take_events()
 
     def start(self) -> None:
-        """The transport is ready: let the session speak first if it wants to."""
-        self._kick()
+        """The transport is ready (or the session new): let the session speak first if it wants to."""
+        now = self.clock()
+        self.core.start(now)
+        self._carry_out(now)
 
     def peer_up(self, addr: Address, dialled: bool = False) -> None:
         """A stream to the peer is up; `dialled`: we connected (a new connection
         needs a new handshake: the peer may have restarted)."""
-        self.core.peer_up(addr, dialled, self.clock())
-        self.endpoint_seen = self.core.endpoint
-        self._kick()
-        self.on_state()
-
-    def _kick(self) -> None:
-        core = self.core
         now = self.clock()
-        core.kick(now)
+        self.core.transport_up(addr, dialled, now)
+        self.core.start(now)
         self._carry_out(now)
 
     def peer_down(self) -> None:
-        self.core.peer_down()
-        self.endpoint_seen = None
-        self.on_state()
+        self.core.transport_down()
+        self.take_events()
 
-    def _send(self, now: float) -> None:
+    def _send(self, datagrams, now: float) -> None:
         """Runs of messages to one address go in one send_many (UDP GSO: one sendmsg)."""
-        core = self.core
-        datagrams = core.datagrams
         start = 0
-        for i in range(1, len(datagrams) + 1):
-            if i == len(datagrams) or datagrams[i][1] != datagrams[start][1]:
+        n = len(datagrams)
+        for i in range(1, n + 1):
+            if i == n or datagrams[i][1] != datagrams[start][1]:
                 self._send_run([m for m, _ in datagrams[start:i]], datagrams[start][1], now)
                 start = i
-        datagrams.clear()
 
     def _send_run(self, run: list, addr: Address, now: float) -> None:
-        tx = self.core.counters.tx
+        tx = self.counters.tx
         try:
             sent = self.transport.send_many(run, addr)
         except OSError as e:
@@ -183,10 +162,9 @@ class Relay:
         tx.packets += sent
         tx.bytes += sum(len(m) for m in run[:sent])
 
-    def _deliver(self, now: float) -> None:
-        core = self.core
-        rx, write = core.counters.rx, self.device.write
-        for packet in core.packets:
+    def _deliver(self, packets, now: float) -> None:
+        rx, write = self.counters.rx, self.device.write
+        for packet in packets:
             try:
                 if write(packet):
                     rx.packets += 1
@@ -195,11 +173,20 @@ class Relay:
                     rx.drops += 1
             except OSError as e:
                 rx.errors += 1
-                core.note(now, "device-write", "warning", f"{self.device.name}: write failed: {e.strerror}")
-        core.packets.clear()
+                self.core.note(now, "device-write", "warning", f"{self.device.name}: write failed: {e.strerror}")
 
-    def log_events(self) -> None:
-        for level, text in self.core.events:
-            log.log(_LEVELS[level], "%s", text)
-        self.core.events.clear()
-        self.on_state()
+    def take_events(self) -> None:
+        """Log each event, tell a transport that can act on it, hand it to the daemon."""
+        core = self.core
+        event = core.next_event()
+        while event is not None:
+            log.log(_LEVELS[event.level], "%s", event)
+            transport = self.transport
+            if isinstance(event, PeerMoved):
+                if isinstance(transport, FollowsPeer):
+                    transport.peer_moved(event.new)
+            elif isinstance(event, OffloadChanged):
+                if isinstance(transport, TakesBigFrames):
+                    transport.allow_big_frames(event.offload_peer)
+            self.on_event(event)
+            event = core.next_event()

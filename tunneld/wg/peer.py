@@ -1,13 +1,16 @@
 """The WireGuard session with our one peer: handshakes, keypair rotation, timers.
 
-    seal(packet, now)           device packet -> transport message, or staged while
-                                a handshake runs (which it starts)
-    open(message, addr, now)    any message from the network -> a packet for the
-                                device (b"" for a keepalive) or None
-    on_timer(now)               retries, keepalives, rekeys, key zeroing
-    control                     messages to send besides: handshakes, cookie
-                                replies, keepalives, staged packets, each with
-                                the address to send to (None: the peer's endpoint)
+    seal(packets, now)          device packets -> transport messages, or staged while
+                                a handshake runs (which it starts): what to send
+    open(batch, addr, now)      messages from the network -> Opened: packets for the
+                                device with their flags, the authenticated source,
+                                what to send back (responses, cookie replies, staged
+                                packets a new keypair released)
+    handle_timer(now)           retries, keepalives, rekeys, key zeroing: what to send
+    next_event()                what happened (core/events.py)
+
+It follows core/session.py's contract: every call returns what to send; its
+events wait in its own queue; it alone writes its counters.
 
 Keypairs (whitepaper 6.1): `current` sends; `previous` still receives; `next`
 is a responder's new keypair, used for sending only once the initiator has
@@ -25,6 +28,10 @@ from typing import Callable
 
 from tunneld.core.contract import Address
 from tunneld.core.contract import format_address as _fmt
+from tunneld.core.counters import Counters
+from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted, HandshakeGaveUp,
+                                 HandshakeRetry, HandshakeStale, KeysZeroed, NoReply, Notice)
+from tunneld.core.session import NOTHING, Opened
 from tunneld.wg import messages
 from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS_KNOWN, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
@@ -94,7 +101,6 @@ class WireGuardSession:
         if offload and compatible:
             raise ValueError("WireGuard's reserved bytes must stay zero")
         self.capabilities = CAP_SUPER_PACKETS if offload else 0
-        self.opened_flags = 0  # the offload flags of the last opened transport message
         self.padding_trailer = padding_trailer
         self.padded = not padding_trailer  # the core trims TUN packets by their IP length
         self.compatible = compatible
@@ -116,8 +122,12 @@ class WireGuardSession:
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
         self.staged: collections.deque[bytes] = collections.deque()
-        self.control: list[tuple[bytes, Address | None]] = []
-        self.accepted_from: Address | None = None  # source of the last authenticated message
+        # what to send, (message, address or None: the peer's endpoint), gathered during one
+        # call and returned by it; what happened, until the core takes it
+        self._out: list[tuple[bytes, Address | None]] = []
+        self._events: collections.deque = collections.deque()
+        self._accepted: Address | None = None  # the source of an authenticated message in this call
+        self.counters = Counters()  # this session's: handshakes, its drops and refusals
 
         # timers (deadlines on the caller's clock)
         self.t_retransmit: float | None = None
@@ -146,25 +156,56 @@ class WireGuardSession:
         self._last_source = b""
         self._retried_for_cookie = False
 
-        # set by bind(): the core's counters and event sinks
-        self.counters = None
-        self.events: list[tuple[str, str]] = []
-        self.note: Callable[[float, str, str, str], None] = lambda now, kind, level, text: None
+    # --- the contract's calls -------------------------------------------------
 
-    def bind(self, counters, events: list, note: Callable[[float, str, str, str], None]) -> None:
-        self.counters, self.events, self.note = counters, events, note
+    def next_event(self):
+        return self._events.popleft() if self._events else None
+
+    def set_keepalive(self, seconds: float | None) -> None:
+        """A persistent keepalive every `seconds` (None: off), counted from the next packet."""
+        self.persistent_keepalive = seconds
+        self.t_persistent = None
+
+    def rekey_from(self, old) -> None:
+        """New keys for the same peer (a reload): its old initiations must stay
+        replays, so the newest timestamp seen carries over. Another peer's do not."""
+        old_hs = getattr(old, "handshake", None)
+        if old_hs is not None and old_hs.peer_public == self.handshake.peer_public:
+            self.handshake.last_timestamp = old_hs.last_timestamp
+
+    def _take(self) -> list | tuple:
+        """The messages gathered so far, all for the peer's endpoint."""
+        out = self._out
+        if not out:
+            return NOTHING
+        self._out = []
+        return [m for m, _ in out]
 
     # --- sending -------------------------------------------------------------
 
-    def seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes | None:
-        """`flags` (constants.FLAG_*, only when `sends_offload(now)` said so): what
-        the packet is besides a whole plain one."""
+    def seal(self, packets, now: float, flags: int = 0) -> list | tuple:
+        """Device packets (one, or the segments of a super-packet) -> the messages
+        to send now, in order. `flags` (constants.FLAG_*, only when
+        `sends_offload(now)` said so): what the packets are besides whole plain
+        ones. The per-batch work (timers, the rekey check) runs once."""
+        kp = self.current
+        if self.staged or kp is None or not self._can_send(kp, now) \
+                or kp.send_counter + len(packets) > REJECT_AFTER_MESSAGES:
+            for packet in packets:
+                self._seal_one(packet, now, flags)
+            return self._take()
+        out = self._encrypt_many(kp, packets, now, flags)
+        if self._out:  # a rekey started on the way
+            out.extend(self._take())
+        return out
+
+    def _seal_one(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
         kp = self.current
         if self.staged or kp is None or not self._can_send(kp, now):
             self._stage(packet)
             self._send_staged(now)
-            return None
-        return self._encrypt(kp, packet, now, flags)
+        else:
+            self._out.append((self._encrypt(kp, packet, now, flags), None))
 
     def sends_offload(self, now: float) -> bool:
         """The next seal() goes out at once on a keypair that carries super-packets."""
@@ -192,19 +233,10 @@ class WireGuardSession:
             self._initiate(now, retry=False)
             return
         while self.staged:
-            self.control.append((self._encrypt(kp, self.staged.popleft(), now), None))
+            self._out.append((self._encrypt(kp, self.staged.popleft(), now), None))
 
     def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes:
         return self._encrypt_many(kp, (packet,), now, flags)[0]
-
-    def seal_many(self, packets, now: float, flags: int = 0) -> list[bytes]:
-        """seal() for a batch (the segments of one super-packet): the messages to
-        send now, in order. The per-batch work (timers, the rekey check) runs once."""
-        kp = self.current
-        if self.staged or kp is None or not self._can_send(kp, now) \
-                or kp.send_counter + len(packets) > REJECT_AFTER_MESSAGES:
-            return [m for m in (self.seal(p, now, flags) for p in packets) if m is not None]
-        return self._encrypt_many(kp, packets, now, flags)
 
     def _encrypt_many(self, kp: Keypair, packets, now: float, flags: int = 0) -> list[bytes]:
         out = []
@@ -255,26 +287,42 @@ class WireGuardSession:
         wall = self.wall_clock() if self.wall_clock is not None else now + self.wall_offset
         header = bytes((MESSAGE_INITIATION, self.capabilities, 0, 0))
         body = self.handshake.create_initiation(wall, self._new_index(), header)
-        self.control.append((self.cookie_generator.add_macs(body, now), None))
+        self._out.append((self.cookie_generator.add_macs(body, now), None))
         self._authenticated_sent(now)
         self.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
 
     def _send_keepalive(self, now: float) -> None:
         if not self.staged:
-            message = self.seal(b"", now)
-            if message is not None:
-                self.control.append((message, None))
+            self._seal_one(b"", now)
 
     # --- receiving -------------------------------------------------------------
 
-    def open(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
-        self.accepted_from = None
+    def open(self, batch, addr: Address, now: float) -> Opened:
+        """What one read from `addr` brought: see core/session.py."""
+        packets = []
+        accepted = None
+        for message in batch:
+            self._accepted = None
+            opened = self._open_one(message, addr, now)
+            if self._accepted is not None:
+                accepted = self._accepted
+            if opened is not None and opened[0]:  # b"": a keepalive, nothing for the device
+                packets.append(opened)
+        out = self._out
+        if out:
+            self._out = []
+        else:
+            out = NOTHING
+        return Opened(packets, accepted, out)
+
+    def _open_one(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
+        """One message -> (plaintext, offload flags) of a transport message, or None."""
         kind = messages.classify(message, strict_reserved=self.compatible)
         if kind == MESSAGE_TRANSPORT:
             return self._receive_transport(message, addr, now)
         if kind == 0:
             self.counters.rx.errors += 1
-            self.note(now, "junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message")
+            self._events.append(Notice("junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message"))
             return None
         source = self._source(addr)
         # load: how fast messages that may ask for DH arrive, checked or not (wireguard-go's queue length)
@@ -298,9 +346,9 @@ class WireGuardSession:
             if not budget.take(now):
                 self._shed(now, addr)
                 return None
-            self.control.append((self.cookie_checker.reply(message, source, now), addr))
+            self._out.append((self.cookie_checker.reply(message, source, now), addr))
             self.counters.cookies_sent += 1
-            self.note(now, "cookie", "info", f"under load: asked {_fmt(addr)} to return a cookie")
+            self._events.append(Notice("cookie", "info", f"under load: asked {_fmt(addr)} to return a cookie"))
             return None
         # the whole daemon's handshake work, load or not; under load only a valid mac2 gets
         # here, and a flood spent at most UNDER_LOAD_BACKLOG of it before (LoadMeter)
@@ -324,7 +372,7 @@ class WireGuardSession:
         """A handshake message dropped unread by a rate limit or budget."""
         self.counters.rx.drops += 1
         self.counters.handshakes_shed += 1
-        self.note(now, "shed", "warning", f"under load: dropping handshake messages from {_fmt(addr)} over the rate limit")
+        self._events.append(Notice("shed", "warning", f"under load: dropping handshake messages from {_fmt(addr)} over the rate limit"))
 
     def _source(self, addr: Address) -> bytes:
         """The source's IP bytes and port (the cookie's input), remembered for the
@@ -351,12 +399,12 @@ class WireGuardSession:
         send, recv, _ = hs.derive_keys()
         self.next = Keypair(send, recv, False, now, local, remote, offload)  # used once the initiator confirms it
         self.previous = None
-        self.control.append((response, addr))
+        self._out.append((response, addr))
         self.last_handshake_sent = now
-        self.accepted_from = self._peer_addr = addr
+        self._accepted = self._peer_addr = addr
         self._authenticated_sent(now)
         self.t_zero_keys = now + ZERO_KEYS_AFTER
-        self.events.append(("debug", f"handshake: answered an initiation from {_fmt(addr)}"))
+        self._events.append(HandshakeAnswered(addr))
 
     def _receive_response(self, message: bytes, addr: Address, now: float) -> None:
         try:
@@ -364,7 +412,7 @@ class WireGuardSession:
         except StaleHandshake as e:
             # both sides initiated at once and we answered theirs: late, not forged
             self.counters.rx.drops += 1
-            self.events.append(("debug", f"handshake: dropped a {e} from {_fmt(addr)}"))
+            self._events.append(HandshakeStale(addr, str(e)))
             return
         except HandshakeError as e:
             self._auth_failed(now, addr, str(e))
@@ -378,9 +426,9 @@ class WireGuardSession:
         else:
             self.previous = self.current
         self.current = kp
-        self.accepted_from = self._peer_addr = addr
+        self._accepted = self._peer_addr = addr
         self.t_zero_keys = now + ZERO_KEYS_AFTER
-        self._handshake_complete(now, addr, "we initiated")
+        self._handshake_complete(now, addr, initiated=True)
         self._authenticated_received(now)
         if self.staged:
             self._send_staged(now)
@@ -397,14 +445,14 @@ class WireGuardSession:
         if receiver != self.handshake.local_index or not self.cookie_generator.consume_reply(message, now):
             self._auth_failed(now, addr, "cookie reply that does not match our last handshake message")
             return
-        self.events.append(("info", f"handshake: {_fmt(addr)} is under load; sending the initiation again with its cookie"))
+        self._events.append(CookieReceived(addr))
         # wireguard-go waits for the retry timer (5 s); resending once per attempt at
         # once costs the peer nothing it did not ask for and gets through in one RTT
         if not self._retried_for_cookie and self.handshake.state is State.INITIATION_CREATED:
             self._initiate(now, retry=True, gap=False)
             self._retried_for_cookie = True
 
-    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> bytes | None:
+    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
         receiver = int.from_bytes(message[4:8], "little")
         kp = self.current
         if kp is None or kp.local_index != receiver:
@@ -427,24 +475,23 @@ class WireGuardSession:
         if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
             self.counters.rx.drops += 1
             self.counters.replays += 1
-            self.note(now, "replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}")
+            self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
             return None
         if self.padding_trailer and plaintext:
             plaintext = self._strip_trailer(plaintext)
             if plaintext is None:  # authentic, so the peer's bug, not an attack: still dropped
                 self.counters.rx.errors += 1
-                self.note(now, "trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer")
+                self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
                 return None
         flags = message[1] if kp.offload else 0
         if flags & ~FLAGS_KNOWN:  # authentic, so a newer peer's idea: not ours to guess
             self.counters.rx.errors += 1
-            self.note(now, "flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}")
+            self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
             return None
-        self.accepted_from = self._peer_addr = addr
-        self.opened_flags = flags
+        self._accepted = self._peer_addr = addr
         if kp is self.next:  # the initiator confirmed the keypair: rotate it in
             self.previous, self.current, self.next = self.current, kp, None
-            self._handshake_complete(now, addr, "peer initiated")
+            self._handshake_complete(now, addr, initiated=False)
             if self.staged:
                 self._send_staged(now)
         elif (kp is self.current and kp.initiator and not self.sent_last_minute_handshake
@@ -457,7 +504,7 @@ class WireGuardSession:
                 self.t_keepalive = now + KEEPALIVE_TIMEOUT
             else:
                 self.need_another_keepalive = True
-        return plaintext
+        return plaintext, flags
 
     @staticmethod
     def _strip_trailer(plaintext: bytes) -> bytes | None:
@@ -468,19 +515,18 @@ class WireGuardSession:
             return None
         return plaintext[:end]
 
-    def _handshake_complete(self, now: float, addr: Address, who: str) -> None:
+    def _handshake_complete(self, now: float, addr: Address, initiated: bool) -> None:
         self.t_retransmit = None
         self.attempts = 0
         self.sent_last_minute_handshake = False
         first = self.last_handshake is None
         self.last_handshake = now
         self.counters.handshakes += 1
-        level = "info" if first else "debug"
-        self.events.append((level, f"handshake completed with {_fmt(addr)} ({who})"))
+        self._events.append(HandshakeCompleted(addr, initiated, first))
 
     def _auth_failed(self, now: float, addr: Address, why: str) -> None:
         self.counters.auth_failures += 1
-        self.note(now, "auth", "warning", f"authentication failed: {why}, from {_fmt(addr)}")
+        self._events.append(AuthFailed(addr, why))
 
     # --- timers ----------------------------------------------------------------
 
@@ -496,7 +542,7 @@ class WireGuardSession:
         if self.persistent_keepalive:
             self.t_persistent = now + self.persistent_keepalive
 
-    def next_deadline(self) -> float | None:
+    def get_timer(self) -> float | None:
         """Called after every packet: no allocation, just the earliest armed timer."""
         best = None
         for d in (self.t_retransmit, self.t_keepalive, self.t_new_handshake, self.t_zero_keys, self.t_persistent):
@@ -504,7 +550,7 @@ class WireGuardSession:
                 best = d
         return best
 
-    def on_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> list | tuple:
         if self.t_retransmit is not None and now >= self.t_retransmit:
             self.t_retransmit = None
             self._retransmit(now)
@@ -516,25 +562,28 @@ class WireGuardSession:
                 self.t_keepalive = now + KEEPALIVE_TIMEOUT
         if self.t_new_handshake is not None and now >= self.t_new_handshake:
             self.t_new_handshake = None
-            self.events.append(("info", f"no reply from the peer for {KEEPALIVE_TIMEOUT + REKEY_TIMEOUT:g} s; new handshake"))
+            self._events.append(NoReply(KEEPALIVE_TIMEOUT + REKEY_TIMEOUT))
             self._initiate(now, retry=False)
         if self.t_zero_keys is not None and now >= self.t_zero_keys:
             self.t_zero_keys = None
             self.current = self.previous = self.next = None
             self.handshake.zero()
-            self.events.append(("info", f"no new handshake for {ZERO_KEYS_AFTER:g} s: all session keys zeroed"))
+            self._events.append(KeysZeroed(ZERO_KEYS_AFTER))
         if self.t_persistent is not None and now >= self.t_persistent:
             self.t_persistent = None
             self._send_keepalive(now)
+        return self._take()
 
-    def kick(self, now: float) -> None:
+    def kick(self, now: float) -> list | tuple:
         if self.persistent_keepalive:
             self._send_keepalive(now)
+        return self._take()
 
-    def stream_up(self, now: float) -> None:
+    def stream_up(self, now: float) -> list | tuple:
         """We dialled a new TCP connection: handshake on it at once, whatever the
         5 s gap says (what went on the old stream is gone with it)."""
         self._initiate(now, retry=False, gap=False)
+        return self._take()
 
     def _retransmit(self, now: float) -> None:
         if self.attempts > MAX_HANDSHAKE_ATTEMPTS:
@@ -544,11 +593,10 @@ class WireGuardSession:
             self.t_keepalive = None
             if self.t_zero_keys is None:
                 self.t_zero_keys = now + ZERO_KEYS_AFTER
-            self.events.append(("warning", f"handshake did not complete after {REKEY_ATTEMPT_TIME:g} s; "
-                                           f"gave up, dropped {dropped} queued packets"))
+            self._events.append(HandshakeGaveUp(REKEY_ATTEMPT_TIME, dropped))
             return
         self.attempts += 1
-        self.events.append(("debug", f"handshake: no response after {REKEY_TIMEOUT:g} s, retry {self.attempts}"))
+        self._events.append(HandshakeRetry(self.attempts, REKEY_TIMEOUT))
         self._initiate(now, retry=True)
 
     # --- helpers ----------------------------------------------------------------
