@@ -1,7 +1,8 @@
 """One contract, every implementation: the in-memory fakes must behave like the
 real transports (UDP, TCP on loopback, no root needed) so that tests of the core
-on fakes say something about the real thing. The TUN/TAP side of the Device
-contract runs in a namespace: tests/netns/test_netns_device.py.
+on fakes say something about the real thing. The Device contract is one suite,
+tests/helpers/device_contract.py: here on the in-memory device, in a namespace
+on a real TUN/TAP (tests/netns/test_netns_device.py).
 """
 
 import asyncio
@@ -9,6 +10,7 @@ import socket
 
 import pytest
 
+from tests.helpers import device_contract
 from tunneld.config import Endpoint, TransportConfig
 from tunneld.conn.tcp import TcpTransport
 from tunneld.conn.memory import MemoryNetwork
@@ -161,17 +163,10 @@ async def test_send_many_arrives_whole_and_in_order(transports):
     assert h.errors == []
 
 
-def test_memory_device_contract():
-    d = MemoryDevice()
-    assert d.read() is None
-    d.inject(b"\x45" * 20)
-    first = d.read()
-    assert first == b"\x45" * 20
-    d.inject(b"\x60" * 20)
-    d.read()
-    assert first == b"\x60" * 20  # the buffer is reused, as the real device's is
-    assert d.read() is None
-    assert d.write(memoryview(b"\x60" * 40)) is True
-    assert d.written == [b"\x60" * 40]
-    d.full = True
-    assert d.write(b"\x45" * 20) is False
+@pytest.mark.parametrize("check", device_contract.CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("vnet", [False, True], ids=["plain", "vnet"])
+@pytest.mark.parametrize("mode", ["tun", "tap"])
+def test_memory_device_contract(mode, vnet, check):
+    """The suite the real TUN/TAP passes in tests/netns/test_netns_device.py."""
+    dev = MemoryDevice(vnet=vnet)
+    check(dev, device_contract.MemorySide(dev, mode))

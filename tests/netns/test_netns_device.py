@@ -1,5 +1,7 @@
-"""The Device contract on a real TUN and TAP device, inside a namespace
-(tests/helpers/device_contract.py runs there; this test reads its verdict).
+"""The Device contract on a real TUN and TAP device, with and without offload
+(IFF_VNET_HDR), inside a namespace: the suite of tests/helpers/device_contract.py,
+which the in-memory device passes in tests/host/test_contracts.py, runs there as
+a script; this test reads its verdict (the first broken clause, or "contract ok").
 
     ns X:  [kernel stack 10.66.0.1/24] <-> tun/tap "dev" <-> TunTap fd (the checks)
 """
@@ -9,7 +11,6 @@ import sys
 import pytest
 
 from tests.lab import HELPERS
-
 
 
 @pytest.mark.parametrize("offload", ["", "offload"])
