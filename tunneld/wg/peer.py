@@ -33,7 +33,7 @@ from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, 
                                  HandshakeRetry, HandshakeStale, KeysZeroed, NoReply, Notice)
 from tunneld.core.session import NOTHING, Opened
 from tunneld.wg import messages
-from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, FLAGS_KNOWN, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
+from tunneld.wg.constants import (AEAD_TAG_SIZE, CAP_SUPER_PACKETS, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, COOKIE_REPLIES_BURST, FLAGS_KNOWN, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, KEEPALIVE_TIMEOUT, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION,
                                   MESSAGE_RESPONSE, MESSAGE_TRANSPORT, PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
                                   REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
@@ -238,29 +238,55 @@ class WireGuardSession:
     def _encrypt(self, kp: Keypair, packet: bytes | memoryview, now: float, flags: int = 0) -> bytes:
         return self._encrypt_many(kp, (packet,), now, flags)[0]
 
-    def _encrypt_many(self, kp: Keypair, packets, now: float, flags: int = 0) -> list[bytes]:
-        out = []
+    def _encrypt_many(self, kp: Keypair, packets, now: float, flags: int = 0) -> list:
+        """Seal in place (wireguard-go's send.go: the header in front, `Seal(dst[:0], ...)`):
+        each packet is copied once into its message's place behind its header,
+        its padding is zeros already there, and it is encrypted where it lies
+        (ChaCha20Poly1305.encrypt_into over the same bytes, the tag after). One
+        packet: the buffer is the message. A batch: one buffer for all, the
+        messages views into it. (Measured: a 1400-byte copy is ~0.1 us of a
+        ~2 us seal in CPython; in place is not faster than pad+encrypt+join.)"""
         counter = kp.send_counter
-        encrypt, nonce = kp.send.aead.encrypt, NONCE.pack
+        encrypt_into, nonce = kp.send.aead.encrypt_into, NONCE.pack
         trailer, limit, offload = self.padding_trailer, self.max_packet, kp.offload
         prefix = bytes((MESSAGE_TRANSPORT, flags, 0, 0)) + kp.remote_prefix[4:] if offload else kp.remote_prefix
         data = False
-        for packet in packets:
+        if len(packets) == 1:  # the common case: the message grows in one buffer, header first
+            packet = packets[0]
             n = len(packet)
-            if trailer:
-                if n:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
-                    k = -(n + 1) % PADDING_MULTIPLE
-                    plaintext = bytes(packet) + bytes(k) + bytes((k,))
-                else:
-                    plaintext = packet
-            else:
-                padded = min(n + (-n % PADDING_MULTIPLE), max(limit, n))
-                plaintext = bytes(packet) + bytes(padded - n) if padded > n else packet
+            size = _plain_size(n, trailer, limit)
             header = prefix + counter.to_bytes(8, "little")
+            buf = bytearray(header)
+            buf += packet
+            buf += _ZEROS[:size - n + AEAD_TAG_SIZE]  # the padding, and room for the tag
+            if trailer and size:  # frame || k zero bytes || k, a multiple of 16 in all (a keepalive stays empty)
+                buf[TRANSPORT_HEADER_SIZE + size - 1] = size - n - 1
+            body = memoryview(buf)[TRANSPORT_HEADER_SIZE:]
             # a keypair with offload flags authenticates its header (constants.FLAG_*)
-            out.append(header + encrypt(nonce(counter), plaintext, header if offload else None))
+            encrypt_into(nonce(counter), body[:size], header if offload else None, body)
+            out = [buf]
             counter += 1
-            data = data or n > 0
+            data = n > 0
+        else:  # a super-packet's segments: one buffer for all, each message a view into it
+            sizes = [_plain_size(len(p), trailer, limit) for p in packets]
+            buf = bytearray(sum(sizes) + TRANSPORT_MIN_SIZE * len(packets))
+            view = memoryview(buf)
+            out = []
+            pos = 0
+            for packet, size in zip(packets, sizes):
+                n = len(packet)
+                header = prefix + counter.to_bytes(8, "little")
+                start = pos + TRANSPORT_HEADER_SIZE
+                end = start + size
+                view[pos:start] = header
+                view[start:start + n] = packet
+                if trailer and size:
+                    buf[end - 1] = size - n - 1
+                encrypt_into(nonce(counter), view[start:end], header if offload else None, view[start:end + AEAD_TAG_SIZE])
+                out.append(view[pos:end + AEAD_TAG_SIZE])
+                pos = end + AEAD_TAG_SIZE
+                counter += 1
+                data = data or n > 0
         kp.send_counter = counter
         self._authenticated_sent(now)
         if data and self.t_new_handshake is None:  # data sent: expect an answer
@@ -610,6 +636,17 @@ class WireGuardSession:
             index = int.from_bytes(self.rng(4), "little")
             if index and index not in taken:
                 return index
+
+
+_ZEROS = bytes(PADDING_MULTIPLE + AEAD_TAG_SIZE)  # the most padding and tag room a message needs
+
+
+def _plain_size(n: int, trailer: bool, limit: int) -> int:
+    """The plaintext's size once padded: to a multiple of 16, with the trailer's
+    length byte (TAP in tunneld mode), or within the interface's limit (IP)."""
+    if trailer:
+        return n + 1 + (-(n + 1) % PADDING_MULTIPLE) if n else 0
+    return min(n + (-n % PADDING_MULTIPLE), max(limit, n))
 
 
 def _source(addr: Address) -> bytes:
