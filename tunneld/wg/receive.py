@@ -1,0 +1,171 @@
+"""Receiving: handshake messages and transport messages with replay protection (wireguard-go device/receive.go)."""
+
+from __future__ import annotations
+
+from tunneld.core.contract import Address
+from tunneld.core.contract import format_address as _fmt
+from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted,
+                                 HandshakeStale, Notice)
+from tunneld.wg.constants import (CAP_SUPER_PACKETS, FLAGS_KNOWN, KEEPALIVE_TIMEOUT, MESSAGE_RESPONSE,
+                                  PADDING_MULTIPLE, REJECT_AFTER_MESSAGES,
+                                  REJECT_AFTER_TIME, REKEY_ON_RECEIVE_AGE,
+                                  ZERO_KEYS_AFTER)
+from tunneld.wg.noise import HandshakeError, StaleHandshake, State
+from tunneld.wg.primitives import InvalidTag
+from tunneld.wg.keypair import Keypair
+
+
+INITIATIONS_PER_SECOND = 50  # a peer's initiations closer together than 20 ms are a flood
+
+
+class Receiver:
+    """WireGuardSession's receiving half (wireguard-go receive.go): handshake
+    messages past the gate (admission.py), and transport messages opened with
+    the replay window; a handshake completing rotates the keypairs."""
+
+    def _receive_initiation(self, message: bytes, addr: Address, now: float) -> None:
+        if now - self.last_initiation_consumed < 1 / INITIATIONS_PER_SECOND:
+            self.counters.rx.drops += 1
+            return
+        try:
+            self.handshake.consume_initiation(message)
+        except HandshakeError as e:
+            self._auth_failed(now, addr, str(e))
+            return
+        self.last_initiation_consumed = now
+        offload = self._agreed()
+        body = self.handshake.create_response(self._new_index(), bytes((MESSAGE_RESPONSE, self.capabilities, 0, 0)))
+        response = self.cookie_generator.add_macs(body, now)
+        hs = self.handshake
+        local, remote = hs.local_index, hs.remote_index
+        send, recv, _ = hs.derive_keys()
+        self.next = Keypair(send, recv, False, now, local, remote, offload)  # used once the initiator confirms it
+        self.previous = None
+        self._out.append((response, addr))
+        self.last_handshake_sent = now
+        self._accepted = self._peer_addr = addr
+        self._authenticated_sent(now)
+        self.t_zero_keys = now + ZERO_KEYS_AFTER
+        self._events.append(HandshakeAnswered(addr))
+
+    def _receive_response(self, message: bytes, addr: Address, now: float) -> None:
+        try:
+            self.handshake.consume_response(message)
+        except StaleHandshake as e:
+            # both sides initiated at once and we answered theirs: late, not forged
+            self.counters.rx.drops += 1
+            self._events.append(HandshakeStale(addr, str(e)))
+            return
+        except HandshakeError as e:
+            self._auth_failed(now, addr, str(e))
+            return
+        hs = self.handshake
+        local, remote = hs.local_index, hs.remote_index
+        send, recv, _ = hs.derive_keys()
+        kp = Keypair(send, recv, True, now, local, remote, self._agreed())
+        if self.next is not None:
+            self.previous, self.next = self.next, None
+        else:
+            self.previous = self.current
+        self.current = kp
+        self._accepted = self._peer_addr = addr
+        self.t_zero_keys = now + ZERO_KEYS_AFTER
+        self._handshake_complete(now, addr, initiated=True)
+        self._authenticated_received(now)
+        if self.staged:
+            self._send_staged(now)
+        else:
+            self._send_keepalive(now)  # lets the responder confirm the keypair
+
+    def _agreed(self) -> bool:
+        """Super-packets for the keypair of the handshake just consumed: both announced them."""
+        peer = self.handshake.peer_header
+        return bool(self.capabilities & CAP_SUPER_PACKETS and len(peer) == 4 and peer[1] & CAP_SUPER_PACKETS)
+
+    def _receive_cookie_reply(self, message: bytes, addr: Address, now: float) -> None:
+        receiver = int.from_bytes(message[4:8], "little")
+        if receiver != self.handshake.local_index or not self.cookie_generator.consume_reply(message, now):
+            self._auth_failed(now, addr, "cookie reply that does not match our last handshake message")
+            return
+        self._events.append(CookieReceived(addr))
+        # wireguard-go waits for the retry timer (5 s); resending once per attempt at
+        # once costs the peer nothing it did not ask for and gets through in one RTT
+        if not self._retried_for_cookie and self.handshake.state is State.INITIATION_CREATED:
+            self._initiate(now, retry=True, gap=False)
+            self._retried_for_cookie = True
+
+    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
+        receiver = int.from_bytes(message[4:8], "little")
+        kp = self.current
+        if kp is None or kp.local_index != receiver:
+            kp = self.next if self.next is not None and self.next.local_index == receiver else self.previous
+            if kp is None or kp.local_index != receiver:
+                self.counters.rx.drops += 1  # unknown index: an old session, or noise
+                return None
+        counter = int.from_bytes(message[8:16], "little")
+        if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
+            self.counters.rx.drops += 1
+            return None
+        try:
+            if kp.offload:
+                plaintext = kp.recv.open(counter, message[16:], bytes(message[:16]))
+            else:
+                plaintext = kp.recv.open(counter, message[16:])
+        except InvalidTag:
+            self._auth_failed(now, addr, "transport message that did not authenticate")
+            return None
+        if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
+            self.counters.rx.drops += 1
+            self.counters.replays += 1
+            self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+            return None
+        if self.padding_trailer and plaintext:
+            plaintext = self._strip_trailer(plaintext)
+            if plaintext is None:  # authentic, so the peer's bug, not an attack: still dropped
+                self.counters.rx.errors += 1
+                self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
+                return None
+        flags = message[1] if kp.offload else 0
+        if flags & ~FLAGS_KNOWN:  # authentic, so a newer peer's idea: not ours to guess
+            self.counters.rx.errors += 1
+            self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
+            return None
+        self._accepted = self._peer_addr = addr
+        if kp is self.next:  # the initiator confirmed the keypair: rotate it in
+            self.previous, self.current, self.next = self.current, kp, None
+            self._handshake_complete(now, addr, initiated=False)
+            if self.staged:
+                self._send_staged(now)
+        elif (kp is self.current and kp.initiator and not self.sent_last_minute_handshake
+              and now - kp.created >= REKEY_ON_RECEIVE_AGE):
+            self.sent_last_minute_handshake = True
+            self._initiate(now, retry=False)
+        self._authenticated_received(now)
+        if plaintext:  # data received: answer it within KEEPALIVE_TIMEOUT
+            if self.t_keepalive is None:
+                self.t_keepalive = now + KEEPALIVE_TIMEOUT
+            else:
+                self.need_another_keepalive = True
+        return plaintext, flags
+
+    @staticmethod
+    def _strip_trailer(plaintext: bytes) -> bytes | None:
+        """The frame inside frame || k zero bytes || k, or None if that is not the shape."""
+        k = plaintext[-1]
+        end = len(plaintext) - 1 - k
+        if k >= PADDING_MULTIPLE or end < 1 or plaintext[end:-1].count(0) != k:
+            return None
+        return plaintext[:end]
+
+    def _handshake_complete(self, now: float, addr: Address, initiated: bool) -> None:
+        self.t_retransmit = None
+        self.attempts = 0
+        self.sent_last_minute_handshake = False
+        first = self.last_handshake is None
+        self.last_handshake = now
+        self.counters.handshakes += 1
+        self._events.append(HandshakeCompleted(addr, initiated, first))
+
+    def _auth_failed(self, now: float, addr: Address, why: str) -> None:
+        self.counters.auth_failures += 1
+        self._events.append(AuthFailed(addr, why))
