@@ -446,3 +446,18 @@ def test_wireguard_mode_never_announces_offload():
     with pytest.raises(ValueError):
         WireGuardSession(static_private=KEY_A, peer_public=public_of(KEY_B), psk=None, compatible=True,
                          max_packet=1420, offload=True)
+
+
+def test_new_keys_for_the_same_peer_keep_its_old_initiations_replays():
+    w = World()
+    w.a.send(PING)
+    w.run(0)
+    initiation = next(m for _, m, _, _ in w.sent if m[0] == 1)
+    fresh = WireGuardSession(static_private=KEY_B, peer_public=public_of(KEY_A), psk=None, compatible=True,
+                             max_packet=1420, wall_offset=1.7e9, rng=random.Random(7).randbytes)
+    w.b.core.replace_session(fresh)  # a reload with new settings, the same peer (rekey_from)
+    failures, sent = w.b.counters.auth_failures, len(w.sent)
+    w.net.transport(("10.77.0.9", 51820), lambda batch, addr: None).send(initiation, B)  # the old initiation, replayed
+    w.run(1)
+    assert w.b.counters.auth_failures == failures + 1
+    assert [s for _, _, s, _ in w.sent[sent:]] == [("10.77.0.9", 51820)]  # b answered nothing
