@@ -78,6 +78,7 @@ class Tunnel:
         self._suppressed: dict[str, int] = {}
         self.had_stream = False
         self.offload_peer = False  # what the last OffloadChanged said
+        self._now = float("-inf")  # the time of the last packet from the device
 
     # --- what to do: the one way out ------------------------------------------
 
@@ -99,6 +100,8 @@ class Tunnel:
 
     def next_event(self):
         """The oldest event not yet taken (core/events.py), or None."""
+        if not self._events:
+            self._take_events(self._now)  # what sealing gave rise to (a rekey), if anything
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -108,6 +111,7 @@ class Tunnel:
     # --- device -> network ---------------------------------------------------
 
     def from_device(self, packet: bytes | memoryview, now: float) -> None:
+        self._now = now
         if self.endpoint is None:
             self.own.tx.drops += 1  # no peer to send to yet
             return
@@ -119,7 +123,7 @@ class Tunnel:
             self._seal(packet, now)
 
     def _seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
-        self._to_endpoint(self.session.seal((packet,), now, flags), now)
+        self._to_endpoint(self.session.seal((packet,), now, flags))
 
     def _from_vnet(self, buf: bytes | memoryview, now: float) -> None:
         """A device read with its virtio header: see the module docstring."""
@@ -150,7 +154,7 @@ class Tunnel:
                 self._seal(buf, now, FLAG_VNET)
                 return
             self._to_endpoint(session.seal(segment.split(frame, header, self.tap, full=not offload), now,
-                                           FLAG_PARTIAL if offload else 0), now)
+                                           FLAG_PARTIAL if offload else 0))
         except segment.Unsplittable as e:
             self.own.tx.errors += 1
             self.note(now, "device-offload", "warning", f"dropped a device packet: {e}")
@@ -280,13 +284,15 @@ class Tunnel:
     # --- timers --------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        self._to_endpoint(self.session.handle_timer(now), now)
+        self._to_endpoint(self.session.handle_timer(now))
+        self._take_events(now)
 
     def start(self, now: float) -> None:
         """The transport is up and the peer known: a session with a persistent
         keepalive says hello now, as WireGuard does when an interface comes up."""
         if self.endpoint is not None:
-            self._to_endpoint(self.session.kick(now), now)
+            self._to_endpoint(self.session.kick(now))
+            self._take_events(now)
 
     # --- connection-oriented transports (TCP) -----------------------------------
 
@@ -300,7 +306,8 @@ class Tunnel:
         self.endpoint = addr
         self._events.append(StreamChanged(addr))
         if dialled:
-            self._to_endpoint(self.session.stream_up(now), now)
+            self._to_endpoint(self.session.stream_up(now))
+            self._take_events(now)
 
     def transport_down(self) -> None:
         self.endpoint = None
@@ -333,9 +340,10 @@ class Tunnel:
             self._emit(event, now)
             event = next_event()
 
-    def _to_endpoint(self, messages, now: float) -> None:
-        """What the session sealed or started, for the peer's endpoint; then its events."""
-        self._take_events(now)
+    def _to_endpoint(self, messages) -> None:
+        """What the session sealed or started, for the peer's endpoint. (Its events
+        are taken after each call but seal: next_event() picks those up, off the
+        per-packet path.)"""
         if messages:
             to = self.endpoint
             if to is None:
