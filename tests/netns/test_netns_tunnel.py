@@ -209,6 +209,7 @@ def test_sigterm_leaves_nothing_behind(lab, sites):
     link = json.loads(lab.ip(a, "-j", "link", "show", pname).stdout)[0]
     assert link["mtu"] == 1380 and "UP" in link["flags"]
     assert addresses(lab, a, pname) == ["10.8.8.8", "10.9.0.1", "fd09::1"]
+    assert "192.168.30.0/24" in lab.ip(a, "route", "show", "dev", pname).stdout  # there, so its absence below means something
     assert d.stop() == 0
     assert addresses(lab, a, pname) == ["10.8.8.8"]
     assert routes(lab, a, pname) == ["10.8.8.8"] or routes(lab, a, pname) == []
