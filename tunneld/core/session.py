@@ -24,6 +24,7 @@ nothing is handed in to be written:
     offload_peer                            some keypair carries super-packets
     authenticated                           open() proves who sent what
     padded                                  packets may carry padding the core trims
+    last_handshake                          when (caller's clock) a handshake last completed, or None
     set_keepalive(seconds | None)           a persistent keepalive, from now on
     rekey_from(old_session)                 the same peer's earlier session: keep what
                                             must outlive it (the replay guard)
@@ -54,6 +55,7 @@ class Session(Protocol):
     padded: bool
     authenticated: bool
     offload_peer: bool
+    last_handshake: float | None
     counters: Counters
 
     def seal(self, packets, now: float, flags: int = 0) -> list | tuple: ...
@@ -84,6 +86,7 @@ class PlaintextSession:
     padded = False
     authenticated = False  # nothing proves who sent a packet
     offload_peer = False
+    last_handshake = None  # no handshakes in plaintext
 
     def __init__(self) -> None:
         self.counters = Counters()

@@ -288,7 +288,7 @@ class Daemon:
         cfg, core = self.cfg, self.core
         c = core.counters
         session = core.session
-        last = getattr(session, "last_handshake", None)
+        last = session.last_handshake
         now = time.monotonic()
         enc = cfg.encryption
         return {
