@@ -107,7 +107,7 @@ class TcpTransport:
         self.opening = opening
         self.peer_source: bytes | None = None  # candidates.source_of() where the peer last authenticated
         self._tickets = 0  # candidates' progress, in order
-        self.counters = counters  # the core's: candidates_refused is counted here
+        self.counters = counters  # the listener's own part of the totals (core/counters.py): candidates_refused
         self.listener: socket.socket | None = None
         self.acceptor: Acceptor | None = None
         self._buf = bytearray(max(TCP_RECV_CHUNK, max_frame + 2))
