@@ -223,12 +223,8 @@ class TcpTransport:
         a refusal applies to the very next one."""
         if conn.closed:
             return
-        try:
-            n = conn.sock.recv_into(self._buf, CANDIDATE_READ)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._lose(conn, netaddr.reason(e))
+        n = self._recv(conn, CANDIDATE_READ)
+        if n is None:
             return
         if n == 0:
             self._lose(conn, "closed by peer")
@@ -370,6 +366,18 @@ class TcpTransport:
         conn.decoder.big_limit = self.big_limit
         return conn
 
+    def _recv(self, conn: _Connection, limit: int = 0) -> int | None:
+        """One read into the shared buffer (at most `limit` bytes; 0: as much as it
+        holds): the byte count (0 at end of stream), or None when nothing waits or
+        the connection failed (then it is lost)."""
+        try:
+            return conn.sock.recv_into(self._buf, limit)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            self._lose(conn, netaddr.reason(e))
+            return None
+
     def _readable(self, conn: _Connection) -> None:
         """The peer's connection: at most READ_FRAMES frames and READ_BYTES bytes
         (see the top); frames a read brought beyond the budget are handed over
@@ -379,7 +387,7 @@ class TcpTransport:
         if conn.resume is not None:
             conn.resume.cancel()
             conn.resume = None
-        recv, view, deliver, decoder = conn.sock.recv_into, self._view, self.on_messages, conn.decoder
+        view, deliver, decoder = self._view, self.on_messages, conn.decoder
         frames_left, bytes_left = READ_FRAMES, READ_BYTES
         while frames_left > 0:
             try:
@@ -388,12 +396,8 @@ class TcpTransport:
                 elif bytes_left <= 0:
                     return
                 else:
-                    try:
-                        n = recv(self._buf)
-                    except BlockingIOError:
-                        return
-                    except OSError as e:
-                        self._lose(conn, netaddr.reason(e))
+                    n = self._recv(conn)
+                    if n is None:
                         return
                     if n == 0:
                         decoder.eof()
