@@ -214,3 +214,16 @@ def test_key_file_problems(tmp_path, mode, content, message):
     with pytest.raises(ConfigError) as e:
         load(str(cfg))
     assert str(e.value) == f"{cfg}:12: " + message.format(path=key)
+
+
+@pytest.mark.parametrize("mode,proto,given,want", [
+    ("tun", "udp", None, True), ("tun", "tcp", None, True),
+    ("tap", "udp", None, True),  # bridged TCP fits the underlay whole: no IP fragments
+    ("tap", "tcp", None, False),  # a stream needs no clamp
+    ("tap", "udp", "false", False), ("tap", "tcp", "true", True), ("tun", "udp", "false", False),
+])
+def test_clamp_mss_defaults(mode, proto, given, want):
+    transport = 'listen: "0.0.0.0:5000", remote: "10.0.0.2:5000"' if proto == "udp" else 'remote: "10.0.0.2:5000"'
+    text = (f"interface: {{mode: {mode}" + (f", clamp_mss: {given}" if given else "") + "}\n"
+            f"transport: {{protocol: {proto}, {transport}}}\nencryption: none\n")
+    assert parse(text).interface.clamp_mss is want

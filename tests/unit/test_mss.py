@@ -93,3 +93,42 @@ def test_short_and_other_packets_pass_untouched(packet):
 def test_malformed_options_do_not_loop_or_raise():
     p = bytearray(tcp_packet(4, SYN, b"\x08\x00\x00\x00" + MSS(1460)))  # option with length 0
     assert clamp(bytes(p), MSS4, MSS6) == bytes(p)
+
+
+ETH = bytes.fromhex("020000000002" "020000000001")
+TYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
+VLAN = b"\x81\x00\x00\x2a"
+
+# (case, frame, MSS expected after, changed?): bridged frames over a TAP tunnel
+FRAMES = [
+    ("untagged v4 SYN 1460 -> 1240", ETH + TYPE[4] + tcp_packet(4, SYN, MSS(1460)), 1240, True),
+    ("802.1Q v4 SYN-ACK 1460 -> 1240", ETH + VLAN + TYPE[4] + tcp_packet(4, SYNACK, MSS(1460) + SACK_OK), 1240, True),
+    ("QinQ v6 SYN odd offset", ETH + b"\x88\xa8\x00\x01" + VLAN + TYPE[6] + tcp_packet(6, SYN, NOP + MSS(1440)),
+     1220, True),
+    ("untagged v4 ACK left alone", ETH + TYPE[4] + tcp_packet(4, ACK, MSS(1460)), 1460, False),
+    ("ARP left alone", ETH + b"\x08\x06" + bytes(28), None, False),
+]
+
+
+@pytest.mark.parametrize("case,frame,after,changed", FRAMES, ids=[c[0] for c in FRAMES])
+def test_clamp_in_bridged_frames(case, frame, after, changed):
+    from tunneld.packet.layout import l3_offset
+    from tunneld.packet.mss import is_syn
+    out = clamp(frame, MSS4, MSS6, tap=True)
+    assert (out is not frame) is changed
+    assert is_syn(frame, tap=True) is ("SYN" in case)
+    ip = l3_offset(frame, True)
+    if after is not None:
+        assert mss_of(bytes(out[ip:])) == after and tcp_checksum_ok(bytes(out[ip:]))
+    assert len(out) == len(frame) and out[:ip] == frame[:ip]
+
+
+def test_bridged_limits_fit_a_1500_byte_underlay_whole():
+    """The largest clamped segment, in a tagged frame, sealed, in IPv6 + UDP: at most 1500 bytes."""
+    from tunneld.packet.mss import bridged_limits
+    for encrypted, compatible, overhead in ((True, False, 32 + 16), (True, True, 32), (False, False, 0)):
+        mss4, mss6 = bridged_limits(1500, encrypted, compatible)
+        assert 40 + 8 + overhead + 14 + 8 + 40 + mss4 <= 1500
+        assert 40 + 8 + overhead + 14 + 8 + 60 + mss6 <= 1500
+        assert 40 + 8 + overhead + 14 + 8 + 40 + mss4 + 1 > 1500 - 0  # and no smaller than it must be
+    assert bridged_limits(1280, True, False) == limits(1280)  # a smaller LAN MTU is the tighter bound

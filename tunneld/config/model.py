@@ -38,7 +38,7 @@ class InterfaceConfig:
     bridge: str | None = None
     routes: tuple[IPNetwork, ...] = ()
     persistent: bool = False
-    clamp_mss: bool = False  # rewrite TCP MSS on SYNs to fit the tunnel (default on for tun)
+    clamp_mss: bool = False  # rewrite TCP MSS on SYNs to fit the tunnel (default on for tun, tap over udp)
     offload: bool = True  # IFF_VNET_HDR + TSO/USO: 64 KB super-packets (false: one packet per read)
 
     @property

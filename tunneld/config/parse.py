@@ -305,8 +305,10 @@ KEYS: tuple[Key, ...] = (
     Key("interface.persistent", "boolean", "false", False,
         "Attach to a device made with `tunneld mktun` (needs interface.name); it outlives the daemon, and "
         "everything tunneld changed on it is undone at stop."),
-    Key("interface.clamp_mss", "boolean", "true for tun", False,
-        "Rewrite the MSS of TCP SYNs crossing the tunnel to fit its MTU."),
+    Key("interface.clamp_mss", "boolean", "true for tun, and for tap over udp", False,
+        "Rewrite the MSS of TCP SYNs crossing the tunnel so their segments need no fragmentation: to fit the "
+        "interface's MTU (tun); for frames bridged over UDP (tap), to fit a 1500-byte underlay whole, "
+        "as OpenVPN's mssfix does, while the LAN keeps its 1500-byte MTU."),
     Key("interface.offload", "boolean", "true", False,
         "64 KB super-packets between device and daemon (IFF_VNET_HDR, TSO, UDP GSO/GRO); false: one packet per read."),
     Key("transport", "mapping", "", False, "The underlay: UDP datagrams or one TCP connection."),
@@ -615,9 +617,8 @@ class _Reader:
             if mode != "tap":
                 raise self.error("interface.bridge", "only a tap device can join a bridge")
             bridge = self.ifname(m["bridge"], "interface.bridge")
-        clamp = self.typed(m.get("clamp_mss", mode == "tun"), "interface.clamp_mss", bool)
-        if clamp and mode != "tun":
-            raise self.error("interface.clamp_mss", "clamps TCP in IP packets: needs interface.mode tun")
+        # tap over UDP: bridged TCP is clamped to the underlay, so full-size LAN frames need no IP fragments
+        clamp = self.typed(m.get("clamp_mss", mode == "tun" or transport.protocol == "udp"), "interface.clamp_mss", bool)
         offload = self.typed(m.get("offload", True), "interface.offload", bool)
         return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent, clamp, offload)
 

@@ -119,7 +119,7 @@ class Tunnel:
             self._from_vnet(packet, now)
         else:
             if self.clamp is not None:
-                packet = clamp_mss(packet, *self.clamp)
+                packet = clamp_mss(packet, *self.clamp, self.tap)
             self._seal(packet, now)
 
     def _seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
@@ -130,8 +130,8 @@ class Tunnel:
         session = self.session
         frame = buf[VNET_HEADER:]
         if not buf[0] and not buf[1]:  # a plain packet with its checksum done: the common small case
-            if self.clamp is not None and is_syn(frame):
-                frame = clamp_mss(frame, *self.clamp)
+            if self.clamp is not None and is_syn(frame, self.tap):
+                frame = clamp_mss(frame, *self.clamp, self.tap)
             self._seal(frame, now)
             return
         header = virtio.unpack(buf)
@@ -141,13 +141,13 @@ class Tunnel:
         try:
             if not header.gso:
                 flags = 0
-                if offload and not (self.clamp is not None and is_syn(frame)) and _partial_at_l4(frame, header, self.tap):
+                if offload and not (self.clamp is not None and is_syn(frame, self.tap)) and _partial_at_l4(frame, header, self.tap):
                     flags = FLAG_PARTIAL  # the peer's kernel finishes it
                 else:  # finish it here (a SYN to clamp cannot keep a partial checksum either)
                     frame = bytearray(frame)
                     segment.finish(frame, header.csum_start, header.csum_offset)
                     if self.clamp is not None:
-                        frame = clamp_mss(frame, *self.clamp)
+                        frame = clamp_mss(frame, *self.clamp, self.tap)
                 self._seal(frame, now, flags)
                 return
             if offload and self.stream:  # whole, in one frame, with its header
@@ -244,12 +244,12 @@ class Tunnel:
                 rx.errors += 1
                 self.note(now, "bad-offload", "warning", f"dropped a packet from {_fmt(addr)} with a bad virtio header: {e}")
                 return
-            if header.flags and self.clamp is not None and not header.gso and is_syn(packet):
+            if header.flags and self.clamp is not None and not header.gso and is_syn(packet, self.tap):
                 packet = bytearray(packet)
                 segment.finish(packet, header.csum_start, header.csum_offset)
                 header = None
         if self.clamp is not None and header is None:
-            packet = clamp_mss(packet, *self.clamp)
+            packet = clamp_mss(packet, *self.clamp, self.tap)
         coalescer = self.coalescer
         if coalescer is None:
             self._packets.append(packet)

@@ -9,14 +9,33 @@ alone (a SYN carries neither in practice).
 
 from __future__ import annotations
 
+from tunneld.packet.layout import l3_offset
+from tunneld.packet.limits import ENCRYPTION_OVERHEAD, ETHERNET_HEADER, PADDING_TRAILER_ROOM, VLAN_ROOM
+
 TCP = 6
 SYN = 0x02
 OPT_END, OPT_NOP, OPT_MSS = 0, 1, 2
 
 
+UNDERLAY_MTU = 1500  # bytes: the path the outer datagrams take, as the default TUN MTU (1420) assumes
+UNDERLAY_HEADERS = 48  # bytes: IPv6 + UDP, the larger of the two underlays
+
+
 def limits(mtu: int) -> tuple[int, int]:
     """(IPv4 MSS, IPv6 MSS) that fit a tunnel of this MTU."""
     return mtu - 40, mtu - 60
+
+
+def bridged_limits(mtu: int, encrypted: bool, compatible: bool) -> tuple[int, int]:
+    """(IPv4 MSS, IPv6 MSS) for TCP in frames bridged over a TAP tunnel on UDP, so
+    that the outer datagram fits a 1500-byte underlay (IPv4 or IPv6) whole: the
+    LAN's hosts keep their 1500-byte MTU and their TCP needs no IP fragments
+    (OpenVPN's mssfix does the same). A frame carries its Ethernet header and room
+    for two VLAN tags; tunneld mode adds the transport message and the padding's
+    trailer. Never above what the interface's own MTU allows."""
+    overhead = (ENCRYPTION_OVERHEAD + (0 if compatible else PADDING_TRAILER_ROOM)) if encrypted else 0
+    packet = min(mtu, UNDERLAY_MTU - UNDERLAY_HEADERS - overhead - ETHERNET_HEADER - VLAN_ROOM)
+    return limits(packet)
 
 
 def _fold(s: int) -> int:
@@ -29,33 +48,41 @@ def _update(csum: int, old: int, new: int) -> int:
     return ~_fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
 
 
-def is_syn(packet: bytes | bytearray | memoryview) -> bool:
-    """A TCP SYN or SYN-ACK (what clamp() may rewrite)."""
-    n = len(packet)
+def is_syn(packet: bytes | bytearray | memoryview, tap: bool = False) -> bool:
+    """A TCP SYN or SYN-ACK (what clamp() may rewrite); `tap`: an Ethernet frame."""
+    ip = l3_offset(packet, True) if tap else 0
+    if ip is None:
+        return False
+    n = len(packet) - ip
     if n < 40:
         return False
-    version = packet[0] >> 4
+    version = packet[ip] >> 4
     if version == 4:
-        tcp = (packet[0] & 0x0F) * 4
-        return packet[9] == TCP and n >= tcp + 20 and bool(packet[tcp + 13] & SYN)
-    return version == 6 and n >= 60 and packet[6] == TCP and bool(packet[53] & SYN)
+        tcp = ip + (packet[ip] & 0x0F) * 4
+        return packet[ip + 9] == TCP and len(packet) >= tcp + 20 and bool(packet[tcp + 13] & SYN)
+    return version == 6 and n >= 60 and packet[ip + 6] == TCP and bool(packet[ip + 53] & SYN)
 
 
-def clamp(packet: bytes | bytearray | memoryview, mss4: int, mss6: int) -> bytes | bytearray | memoryview:
-    """The packet, with its MSS option lowered to the limit if it was higher:
-    the same object when nothing changes, a new bytearray when something did."""
-    n = len(packet)
-    if n < 20:
+def clamp(packet: bytes | bytearray | memoryview, mss4: int, mss6: int,
+          tap: bool = False) -> bytes | bytearray | memoryview:
+    """The packet (`tap`: the Ethernet frame, VLAN tags and all), with its MSS
+    option lowered to the limit if it was higher: the same object when nothing
+    changes, a new bytearray when something did."""
+    ip = l3_offset(packet, True) if tap else 0
+    if ip is None:
         return packet
-    version = packet[0] >> 4
+    n = len(packet)
+    if n < ip + 20:
+        return packet
+    version = packet[ip] >> 4
     if version == 4:
-        if packet[9] != TCP or (packet[6] & 0x3F) or packet[7]:  # not TCP, or a fragment
+        if packet[ip + 9] != TCP or (packet[ip + 6] & 0x3F) or packet[ip + 7]:  # not TCP, or a fragment
             return packet
-        tcp, limit = (packet[0] & 0x0F) * 4, mss4
-    elif version == 6 and n >= 40:
-        if packet[6] != TCP:
+        tcp, limit = ip + (packet[ip] & 0x0F) * 4, mss4
+    elif version == 6 and n >= ip + 40:
+        if packet[ip + 6] != TCP:
             return packet
-        tcp, limit = 40, mss6
+        tcp, limit = ip + 40, mss6
     else:
         return packet
     if n < tcp + 20 or not packet[tcp + 13] & SYN:

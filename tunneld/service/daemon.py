@@ -112,7 +112,7 @@ class Daemon:
             enc = cfg.encryption
             self.core = core = Tunnel(session, icfg.mode, icfg.max_packet,
                                       allowed_ips=enc.allowed_ips if enc else None,
-                                      clamp=mss.limits(icfg.mtu) if icfg.clamp_mss else None,
+                                      clamp=clamp_limits(cfg) if icfg.clamp_mss else None,
                                       vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp")
             self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm,
                                        on_event=self._on_event)
@@ -407,6 +407,14 @@ class Daemon:
             self._warn_captured()
         changed = p.changed(new)
         return True, f"reloaded {new.source}: {', '.join(changed) if changed else 'nothing changed'}"
+
+
+def clamp_limits(cfg: Config) -> tuple[int, int]:
+    """MSS limits: a TUN tunnel's MTU; frames bridged over UDP, a 1500-byte underlay (packet/mss.py)."""
+    icfg, enc = cfg.interface, cfg.encryption
+    if icfg.mode == "tap" and cfg.transport.protocol == "udp":
+        return mss.bridged_limits(icfg.mtu, enc is not None, bool(enc and enc.wireguard_compatible))
+    return mss.limits(icfg.mtu)
 
 
 def make_session(cfg: Config, offload: bool = False):
