@@ -116,7 +116,7 @@ def stem(path: str) -> str:
 def encryption_overhead(mode: str, wireguard_compatible: bool) -> int:
     """Bytes a transport message adds to a frame at most. A TUN packet's padding stays
     within the MTU (the IP length trims it); a TAP frame in tunneld mode carries its
-    padding and the padding's length (wg/peer.py), so a full frame grows by up to 16."""
+    padding and the padding's length (wg/send.py), so a full frame grows by up to 16."""
     if mode == "tap" and not wireguard_compatible:
         return ENCRYPTION_OVERHEAD + PADDING_TRAILER_ROOM
     return ENCRYPTION_OVERHEAD

@@ -40,7 +40,7 @@ class Device(Protocol):
     `write(packet)` hands one whole packet to the interface: True when taken,
     False when the interface queue is full and the packet was dropped. Other
     failures raise OSError. With `vnet`, every packet read and written starts
-    with a virtio_net_hdr and may be a 64 KB super-packet (offload/).
+    with a virtio_net_hdr and may be a 64 KB super-packet (packet/).
     """
 
     name: str

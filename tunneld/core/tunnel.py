@@ -18,8 +18,8 @@ partial checksums, each with its own header, when that keypair goes over UDP
 (every datagram fits the MTU, so a loss costs one segment); and cut into
 ordinary packets with finished checksums for any other peer (WireGuard,
 simpletun, a tunneld without the capability). What arrives is checked
-(offload/virtio.py) and, when authenticated, TCP segments are joined again
-(offload/coalesce.py) until `end_batch()`.
+(packet/virtio.py) and, when authenticated, TCP segments are joined again
+(packet/coalesce.py) until the batch from one read is done.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ ENCRYPTION_OVERHEAD = 32  # bytes: transport header (16) + Poly1305 tag (16)
 PADDING_TRAILER_ROOM = 16  # bytes: tunneld mode's TAP padding (0-15) and its length byte
 
 
-# Super-packets (IFF_VNET_HDR with TSO/USO, offload/)
+# Super-packets (IFF_VNET_HDR with TSO/USO, packet/)
 MAX_IP_PACKET = 65535  # bytes: an IP length field's ceiling, and so a TSO read's
 VNET_HEADER = 10  # bytes: struct virtio_net_hdr in front of every read and write
 UDP_GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS: datagrams one UDP GSO send may carry

@@ -4,7 +4,7 @@ A device is one non-blocking fd that reads and writes whole packets (TUN, IP)
 or frames (TAP, Ethernet), with IFF_NO_PI: no packet-information header.
 
 With offloads (the default), it is opened with IFF_VNET_HDR and TUNSETOFFLOAD:
-every read and write starts with a 10-byte virtio_net_hdr (offload/virtio.py),
+every read and write starts with a 10-byte virtio_net_hdr (packet/virtio.py),
 and the kernel hands us TCP (TSO) and UDP (USO, where it knows it) super-packets
 of up to 64 KB with their checksums left partial. Where the kernel refuses, the
 device is reopened without the header, one packet per read, and `fallback`
