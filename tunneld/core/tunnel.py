@@ -166,8 +166,8 @@ class Tunnel:
         TCP read): opened, checked, joined where they can be."""
         if self.pinned and addr != self.endpoint:
             self.own.rx.drops += len(batch)
-            for _ in batch:  # one line per interval, counting the rest
-                self.note(now, "stranger", "warning", f"dropped a packet from {_fmt(addr)}: not the configured peer {_fmt(self.endpoint)}")
+            self.note(now, "stranger", "warning", f"dropped a packet from {_fmt(addr)}: not the configured peer "
+                      f"{_fmt(self.endpoint)}", repeats=len(batch))  # one line per interval, counting the rest
             return
         session = self.session
         opened = session.open(batch, addr, now)
@@ -315,18 +315,21 @@ class Tunnel:
 
     # --- events ---------------------------------------------------------------
 
-    def note(self, now: float, kind: str, level: str, text: str) -> None:
-        """A rate-limited Notice (the shell's too: a transport's refusals)."""
-        self._emit(Notice(kind, level, text), now)
+    def note(self, now: float, kind: str, level: str, text: str, repeats: int = 1) -> None:
+        """A rate-limited Notice (the shell's too: a transport's refusals); `repeats`:
+        it stands for that many like it (a batch dropped whole)."""
+        self._emit(Notice(kind, level, text), now, repeats)
 
-    def _emit(self, event, now: float) -> None:
+    def _emit(self, event, now: float, repeats: int = 1) -> None:
         """Queue an event; one of a `kind` at most once per LOG_INTERVAL, saying how many were held back."""
         kind = event.kind
         if kind is not None:
             if now < self._quiet_until.get(kind, float("-inf")):
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + repeats
                 return
             held = self._suppressed.pop(kind, 0)
+            if repeats > 1:  # the first goes out now, the rest are held like any later one
+                self._suppressed[kind] = repeats - 1
             self._quiet_until[kind] = now + LOG_INTERVAL
             if held:
                 event = dataclasses.replace(event, held=held)

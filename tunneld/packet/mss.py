@@ -9,10 +9,9 @@ alone (a SYN carries neither in practice).
 
 from __future__ import annotations
 
-from tunneld.packet.layout import l3_offset
+from tunneld.packet.layout import TCP, l3_offset, parse
 from tunneld.packet.limits import ENCRYPTION_OVERHEAD, ETHERNET_HEADER, PADDING_TRAILER_ROOM, VLAN_ROOM
 
-TCP = 6
 SYN = 0x02
 OPT_END, OPT_NOP, OPT_MSS = 0, 1, 2
 
@@ -68,26 +67,13 @@ def clamp(packet: bytes | bytearray | memoryview, mss4: int, mss6: int,
     """The packet (`tap`: the Ethernet frame, VLAN tags and all), with its MSS
     option lowered to the limit if it was higher: the same object when nothing
     changes, a new bytearray when something did."""
-    ip = l3_offset(packet, True) if tap else 0
-    if ip is None:
+    if not is_syn(packet, tap):  # the common case, decided from a few bytes
         return packet
-    n = len(packet)
-    if n < ip + 20:
+    lay = parse(packet, tap)  # where the TCP header and its options are (no fragments, lengths checked)
+    if lay is None or lay.proto != TCP:
         return packet
-    version = packet[ip] >> 4
-    if version == 4:
-        if packet[ip + 9] != TCP or (packet[ip + 6] & 0x3F) or packet[ip + 7]:  # not TCP, or a fragment
-            return packet
-        tcp, limit = ip + (packet[ip] & 0x0F) * 4, mss4
-    elif version == 6 and n >= ip + 40:
-        if packet[ip + 6] != TCP:
-            return packet
-        tcp, limit = ip + 40, mss6
-    else:
-        return packet
-    if n < tcp + 20 or not packet[tcp + 13] & SYN:
-        return packet
-    end = min(tcp + (packet[tcp + 12] >> 4) * 4, n)
+    tcp, limit = lay.l4, mss4 if lay.version == 4 else mss6
+    end = tcp + lay.l4_len
     i = tcp + 20
     while i < end:
         kind = packet[i]
