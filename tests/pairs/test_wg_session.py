@@ -397,13 +397,130 @@ def test_both_offload_agree_and_a_super_packet_arrives_joined():
     w.a.send(buf)
     w.run(0.1)
     wire = [m for t, m, s, _ in w.sent if t >= since and s == A]
+    # chunks at the underlay's size, not segments: chunk i of 15, each its own message, the last shorter
+    assert [(m[1], m[2], m[3]) for m in wire] == [(C.FLAG_VNET | C.FLAG_CHUNK, i, 15) for i in range(15)]
+    assert {len(m) for m in wire[:-1]} == {1420 + 32} and len(wire[-1]) < 1420 + 32
+    assert sum(len(m) - 32 for m in wire) == len(buf)
+    counters = [int.from_bytes(m[8:16], "little") for m in wire]
+    assert counters == list(range(counters[0], counters[0] + 15))
+    assert len(w.b.device.written) == 1  # whole, as the sender's kernel made it: one device write
+    out = w.b.device.written[0]
+    assert out[10:] == frame and virtio.unpack(out) == header._replace(hdr_len=52)  # checked: hdr_len filled in
+    assert w.b.counters.super_writes == 1 and w.a.counters.super_reads == 1 and w.a.counters.chunked == 1
+
+
+def test_a_peer_without_chunks_gets_segments_with_partial_checksums():
+    """An earlier tunneld announces super-packets but not chunks: it is sent the
+    super-packet's segments, each fitting the MTU, joined again on its side."""
+    from tunneld.packet import segment, virtio
+    from tunneld.wg.peer import WireGuardSession as S
+    w = World(compatible=False, offload=True)
+    w.b.session.capabilities = C.CAP_SUPER_PACKETS  # what it announces in its handshake messages
+    _handshake(w)
+    assert w.a.session.current.offload and not w.a.session.current.chunks and not w.b.session.current.chunks
+    w.b.device.written.clear()
+    since = w.clock.now
+    buf, frame, header = _super_packet()
+    w.a.send(buf)
+    w.run(0.1)
+    wire = [m for t, m, s, _ in w.sent if t >= since and s == A]
     assert len(wire) == 15 and all(m[1] == C.FLAG_PARTIAL and len(m) <= 1420 + 32 for m in wire)
     assert len(w.b.device.written) == 1  # joined again for one device write
     out = w.b.device.written[0]
     h = virtio.unpack(out)
     assert h.gso == virtio.GSO_TCPV4
     assert segment.split(out[10:], h, False, True) == segment.split(frame, header, False, True)
-    assert w.b.counters.super_writes == 1 and w.a.counters.super_reads == 1
+    assert S is type(w.b.session)
+
+
+def _segments_of(written):
+    """The segments device writes carry, checksums finished (what the kernel would make of them)."""
+    from tunneld.packet import segment, virtio
+    out = []
+    for p in written:
+        h = virtio.unpack(p)
+        if h.gso:
+            out += [bytes(s) for s in segment.split(p[10:], h, False, True)]
+        else:
+            frame = bytearray(p[10:])
+            if h.flags:
+                segment.finish(frame, h.csum_start, h.csum_offset)
+            out.append(bytes(frame))
+    return out
+
+
+def _chunks_sent(w, lose=(), repeat=(), order=None):
+    """A 20,000-byte super-packet from a to b as chunks, some lost, repeated or
+    reordered on the way; returns (what was sent, its segments)."""
+    from tunneld.packet import segment
+    held = []
+    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
+        and (held.append(bytes(message)) or True)
+    buf, frame, header = _super_packet()
+    w.a.send(buf)
+    w.run(0.001)
+    w.drop = lambda message, src, dst: False
+    order = order if order is not None else range(len(held))
+    batch = [held[i] for i in order if i not in lose] + [held[i] for i in repeat]
+    w.net.hosts[A].send_many(batch, B)
+    w.run(0.001)
+    return held, segment.split(frame, header, False, True)
+
+
+def test_a_lost_chunk_costs_only_the_segments_it_touched():
+    from tunneld.packet import virtio
+    from tests.unit.test_offload import valid_l4
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    held, segments = _chunks_sent(w, lose={5})
+    assert w.b.device.written == []  # waiting for the chunk: it may be late, not lost
+    w.run(0.2)  # given up (chunks.TIMEOUT): the segments wholly inside what arrived go on
+    out = w.b.device.written
+    got = _segments_of(out)
+    # chunk 5 held bytes 7100..8520 of the super-packet: segments 5 and 6 (1368 bytes each after 54+10 of headers) lie in it
+    lost = {k for k in range(len(segments)) if not (64 + (k + 1) * 1368 <= 5 * 1420 or 64 + k * 1368 >= 6 * 1420)}
+    assert lost == {5, 6}
+    assert got == [bytes(seg) for k, seg in enumerate(segments) if k not in lost]
+    assert all(valid_l4(seg) for seg in got)
+    assert w.b.counters.salvaged == 1
+
+
+def test_reordered_and_repeated_chunks_arrive_once_whole():
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    replays = w.b.counters.replays + w.b.counters.rx.drops
+    held, _ = _chunks_sent(w, order=[14, 3, 0, 1, 2, 13, 4, 5, 6, 7, 8, 9, 10, 11, 12], repeat=[0, 7, 14])
+    assert len(w.b.device.written) == 1 and len(w.b.device.written[0]) == sum(len(m) - 32 for m in held)
+    assert w.b.counters.replays + w.b.counters.rx.drops == replays + 3  # each repeat dropped, none written twice
+    w.run(0.2)
+    assert len(w.b.device.written) == 1 and w.b.counters.salvaged == 0
+
+
+def test_a_forged_chunk_marks_nothing():
+    """A chunk that does not authenticate (any byte changed, the header too) is
+    refused; the real one still fills its place."""
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    failures = w.b.counters.auth_failures
+    held = []
+    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
+        and (held.append(bytes(message)) or True)
+    buf, _, _ = _super_packet()
+    w.a.send(buf)
+    w.run(0.001)
+    w.drop = lambda message, src, dst: False
+    forged = [held[0][:2] + bytes([held[0][2]]) + held[0][3:40] + bytes([held[0][40] ^ 1]) + held[0][41:],
+              held[1][:3] + bytes([16]) + held[1][4:], held[2][:2] + b"\x07" + held[2][3:]]
+    stranger = w.net.transport(("10.77.0.66", 1))
+    stranger.send_many(forged, B)
+    w.run(0.001)
+    assert w.b.counters.auth_failures + w.b.counters.rx.drops >= failures + 3
+    w.net.hosts[A].send_many(held, B)
+    w.run(0.001)
+    assert len(w.b.device.written) == 1 and w.b.device.written[0][10:] == buf[10:]
 
 
 def test_a_peer_without_offload_gets_ordinary_packets():

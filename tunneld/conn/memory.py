@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
-from tunneld.core.contract import Address, OnMessages
+from tunneld.core.contract import Address, OnMessages, Segmented
 
 
 class MemoryNetwork:
@@ -79,6 +79,9 @@ class MemoryTransport:
     def send(self, message: bytes | memoryview, addr: Address) -> bool:
         if self.full or self.closed:
             return False
+        if isinstance(message, Segmented):  # one GSO send: datagrams, each lost or late on its own
+            self.network.in_flight.extend((bytes(d), self.address, addr) for d in message.datagrams())
+            return True
         self.network.in_flight.append((bytes(message), self.address, addr))
         return True
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import socket
 import struct
 
 from tunneld.conn import sockopts as netaddr, steering
 from tunneld.conn.endpoint import TransportConfig
-from tunneld.core.contract import Address, OnMessages, format_address
+from tunneld.core.contract import Address, OnMessages, Segmented, format_address
 
 from tunneld.packet.limits import MAX_GSO_BYTES, UDP_GSO_MAX_SEGMENTS
 
@@ -152,7 +153,17 @@ class UdpTransport:
         """Runs of equal-size messages (the last of a run may be shorter) in one
         sendmsg each with UDP_SEGMENT; how many went, in order."""
         count = len(messages)
-        if count == 1 or not self.gso:
+        if count == 1:
+            first = messages[0]
+            if type(first) is Segmented:
+                return int(self._send_segmented(first, addr))
+            return self._send_each(messages, addr)
+        if any(type(m) is Segmented for m in messages):  # with a handshake or keepalive beside it
+            for k, m in enumerate(messages):
+                if not (self._send_segmented(m, addr) if type(m) is Segmented else self._send_each((m,), addr)):
+                    return k
+            return count
+        if not self.gso:
             return self._send_each(messages, addr)
         sock, sent, i = self.sock, 0, 0
         while i < count:
@@ -180,6 +191,29 @@ class UdpTransport:
             sent += j - i
             i = j
         return sent
+
+    def _send_segmented(self, seg: Segmented, addr: Address) -> bool:
+        """A session's chunks, laid out at a fixed stride: one sendmsg per 64 KB."""
+        data, size = seg.data, seg.size
+        if not self.gso:
+            return self._send_each(seg.datagrams(), addr) == -(-len(data) // size)
+        step = min(MAX_GSO_BYTES // size, UDP_GSO_MAX_SEGMENTS) * size
+        option = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))]
+        sendmsg = self.sock.sendmsg
+        for at in range(0, len(data), step):
+            try:
+                sendmsg((data[at:at + step],), option, 0, addr)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self.gso = False
+                log.warning("udp: the kernel refused UDP segmentation offload (%s); sending datagrams one by one",
+                            netaddr.reason(e))
+                rest = Segmented(data[at:], size)
+                return self._send_each(rest.datagrams(), addr) == -(-len(rest) // size)
+        return True
 
     def _send_each(self, messages, addr: Address) -> int:
         sendto = self.sock.sendto

@@ -20,6 +20,27 @@ FLAG_VNET = 0x01  # the packet leads with a virtio_net_hdr: a super-packet
 FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
 
 
+class Segmented:
+    """Datagrams of `size` bytes laid back to back in `data`, the last one
+    possibly shorter: what a datagram transport sends with one UDP GSO sendmsg.
+    A session makes one only for a datagram transport; its buffer is reused by
+    the next seal, so it is sent at once, like every message the core gives."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: memoryview, size: int):
+        self.data = data
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def datagrams(self) -> list:
+        """One view per datagram, for a transport without GSO."""
+        data, size = self.data, self.size
+        return [data[i:i + size] for i in range(0, len(data), size)]
+
+
 def format_address(addr: Address) -> str:
     """host:port, [v6]:port, a v4-mapped address as plain IPv4; "nobody" for None."""
     if addr is None:
@@ -61,7 +82,8 @@ class Transport(Protocol):
     connection, a full queue). It never blocks and never buffers without bound.
     `send_many(messages, addr)` sends a batch in as few system calls as the
     transport can (UDP GSO, one TCP write) and returns how many it took, in
-    order: the rest were dropped. Received messages are passed, whole and in
+    order: the rest were dropped. A datagram transport may be given a
+    `Segmented` among them: its datagrams, one message as far as counting goes. Received messages are passed, whole and in
     order of arrival, to the `on_messages(messages, addr)` callback given at
     construction, as many as one read brought; those buffers may be reused
     after the callback returns.

@@ -31,13 +31,16 @@ class Counters:
     candidates_refused: int = 0  # TCP connections closed unauthenticated (too many, too slow)
     super_reads: int = 0  # device reads that were TSO/USO super-packets
     super_writes: int = 0  # device writes of super-packets (the peer's whole, or segments joined here)
+    chunked: int = 0  # plaintexts sent as chunks at the underlay's size (UDP, tunneld mode)
+    salvaged: int = 0  # chunked plaintexts that arrived incomplete: their whole segments went on
 
     def summary(self) -> str:
         return (f"tx {self.tx}; rx {self.rx}; {self.reconnects} reconnects, {self.peer_changes} peer changes, "
                 f"{self.handshakes} handshakes, {self.auth_failures} authentication failures, "
                 f"{self.cookies_sent} cookie replies, {self.handshakes_shed} handshake messages shed, "
                 f"{self.candidates_refused} TCP candidates refused, "
-                f"{self.super_reads} super-packets read, {self.super_writes} written")
+                f"{self.super_reads} super-packets read, {self.super_writes} written, "
+                f"{self.chunked} sent as chunks, {self.salvaged} incomplete")
 
 
 class CounterSet:

@@ -14,6 +14,12 @@ nothing is handed in to be written:
         .source    address | None           where an accepted message came from
                                             (authenticated, when the session can tell)
         .send      [(message, addr|None)]   answers (None: to the peer's endpoint)
+    sends_chunks(now)                       seal_chunks may be called now (a datagram transport)
+    chunks_of(size) -> n                    how many chunks a plaintext of `size` makes (0: none)
+    seal_chunks(data, now, flags) -> [m]    one plaintext as chunks at the underlay's size:
+                                            [contract.Segmented], one GSO send
+    partials() -> [Partial]                 chunked plaintexts given up incomplete
+                                            (packet/chunks.py), for the core to salvage
     handle_timer(now) -> [message]          retries, keepalives, rekeys (to the endpoint)
     get_timer() -> float | None             its next deadline, on the caller's clock
     kick(now) -> [message]                  the peer became reachable (start, reload)
@@ -62,6 +68,14 @@ class Session(Protocol):
 
     def sends_offload(self, now: float) -> bool: ...
 
+    def sends_chunks(self, now: float) -> bool: ...
+
+    def chunks_of(self, size: int) -> int: ...
+
+    def seal_chunks(self, data, now: float, flags: int) -> list | tuple: ...
+
+    def partials(self) -> list | tuple: ...
+
     def open(self, batch, addr, now: float) -> Opened: ...
 
     def get_timer(self) -> float | None: ...
@@ -96,6 +110,18 @@ class PlaintextSession:
 
     def sends_offload(self, now: float) -> bool:
         return False  # simpletun's wire: whole ordinary packets only
+
+    def sends_chunks(self, now: float) -> bool:
+        return False  # simpletun's wire: one packet per datagram
+
+    def chunks_of(self, size: int) -> int:
+        return 0
+
+    def seal_chunks(self, data, now: float, flags: int) -> tuple:
+        raise NotImplementedError("plaintext never chunks (sends_chunks is False)")
+
+    def partials(self) -> tuple:
+        return NOTHING
 
     def open(self, batch, addr, now: float) -> Opened:
         packets = []

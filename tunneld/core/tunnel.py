@@ -31,7 +31,8 @@ from tunneld.core.counters import Counters, CounterSet
 from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET, Address
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import Notice, OffloadChanged, PeerMoved, StreamChanged
-from tunneld.packet.limits import ETHERNET_HEADER, VNET_HEADER
+from tunneld.packet.chunks import salvage
+from tunneld.packet.limits import ETHERNET_HEADER, UNDERLAY_PLAINTEXT, VNET_HEADER
 from tunneld.packet.mss import clamp as clamp_mss
 from tunneld.packet.mss import is_syn
 from tunneld.packet import layout, segment, virtio
@@ -63,6 +64,8 @@ class Tunnel:
         # joins authenticated TCP segments; plaintext packets go out one by one
         self.coalescer = Coalescer(self.tap, virtio.PLAIN) if vnet else None
         self.max_packet = max_packet
+        # a plaintext over this is sent as chunks when the session can (wg/constants.CHUNK_STRIDE)
+        self.chunk_over = min(max_packet, UNDERLAY_PLAINTEXT)
         self.min_packet = ETHERNET_HEADER if mode == "tap" else 1
         self.endpoint = endpoint
         self.pinned = pinned
@@ -123,7 +126,15 @@ class Tunnel:
             self._seal(packet, now)
 
     def _seal(self, packet: bytes | memoryview, now: float, flags: int = 0) -> None:
-        self._to_endpoint(self.session.seal((packet,), now, flags))
+        session = self.session
+        if len(packet) > self.chunk_over and not self.stream and session.sends_chunks(now):
+            # a frame bigger than one underlay datagram (TAP: a 1500-byte LAN's): as chunks,
+            # joined before the device write, where the kernel would fragment the datagram
+            if session.chunks_of(len(packet)):
+                self.own.chunked += 1
+                self._to_endpoint(session.seal_chunks(packet, now, flags))
+                return
+        self._to_endpoint(session.seal((packet,), now, flags))
 
     def _from_vnet(self, buf: bytes | memoryview, now: float) -> None:
         """A device read with its virtio header: see the module docstring."""
@@ -153,6 +164,10 @@ class Tunnel:
             if offload and self.stream:  # whole, in one frame, with its header
                 self._seal(buf, now, FLAG_VNET)
                 return
+            if offload and session.sends_chunks(now) and session.chunks_of(len(buf)):
+                self.own.chunked += 1  # whole, with its header, as chunks at the underlay's size
+                self._to_endpoint(session.seal_chunks(buf, now, FLAG_VNET))
+                return
             self._to_endpoint(session.seal(segment.split(frame, header, self.tap, full=not offload), now,
                                            FLAG_PARTIAL if offload else 0))
         except segment.Unsplittable as e:
@@ -178,6 +193,9 @@ class Tunnel:
         self._take_events(now)
         for packet, flags in opened.packets:
             self._check(packet, flags, addr, now)
+        partials = session.partials()
+        if partials:
+            self._salvage(partials, addr, now)
         coalescer = self.coalescer
         if coalescer is not None and coalescer.out:
             self.own.super_writes += coalescer.joined
@@ -284,8 +302,22 @@ class Tunnel:
     # --- timers --------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        self._to_endpoint(self.session.handle_timer(now))
+        session = self.session
+        self._to_endpoint(session.handle_timer(now))
+        partials = session.partials()
+        if partials:
+            self._salvage(partials, self.endpoint, now)
+            if self.coalescer is not None and self.coalescer.out:
+                self._packets.extend(self.coalescer.flush())
         self._take_events(now)
+
+    def _salvage(self, partials, addr: Address, now: float) -> None:
+        """Super-packets that will never be whole: the segments that lie wholly
+        inside what arrived go on, each checked like any packet."""
+        for partial in partials:
+            self.own.salvaged += 1
+            for packet in salvage(partial, self.tap, self.mtu, self.max_packet):
+                self._check(packet, FLAG_VNET, addr, now)
 
     def start(self, now: float) -> None:
         """The transport is up and the peer known: a session with a persistent

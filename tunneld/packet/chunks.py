@@ -150,6 +150,11 @@ class Reassembly:
             return None, given_up
         return slot.view[:slot.total()], given_up
 
+    @property
+    def waiting(self) -> bool:
+        """Some super-packet is incomplete (cheap: checked once per batch)."""
+        return bool(self._by_key)
+
     def release(self, key: Hashable) -> None:
         """The whole super-packet was written: its slot is free again."""
         slot = self._by_key.pop(key, None)
@@ -172,7 +177,7 @@ class Reassembly:
 
     def expired(self, now: float) -> list[Partial]:
         """Incomplete super-packets older than TIMEOUT."""
-        return [self._give_up(s) for s in list(self._by_key.values()) if s.missing and now - s.started >= TIMEOUT]
+        return [self._give_up(s) for s in list(self._by_key.values()) if s.missing and s.started + TIMEOUT <= now]
 
     def deadline(self) -> float | None:
         starts = [s.started for s in self._by_key.values() if s.missing]

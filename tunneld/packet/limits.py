@@ -15,6 +15,10 @@ DEFAULT_TUN_MTU = 1420  # fits a 1500-byte IPv4 or IPv6 underlay, with room for 
 DEFAULT_TAP_MTU = 1500  # bridged LAN hosts keep their 1500-byte MTU; outer UDP fragments
 
 # Underlay
+UNDERLAY_MTU = 1500  # bytes: the path the outer datagrams take, as the default TUN MTU (1420) assumes
+UNDERLAY_HEADERS = 48  # bytes: IPv6 + UDP, the larger of the two underlays
+# the largest plaintext one encrypted datagram carries whole on it: 1500 - 48 - 32 (header and tag)
+UNDERLAY_PLAINTEXT = UNDERLAY_MTU - UNDERLAY_HEADERS - 32  # 1420, WireGuard's default MTU for the same reason
 MAX_UDP_PAYLOAD = 65507  # bytes: 65535 - 20 (IPv4 header) - 8 (UDP header)
 
 # simpletun's TCP framing: a 2-byte big-endian length, then the packet

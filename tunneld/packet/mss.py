@@ -10,14 +10,12 @@ alone (a SYN carries neither in practice).
 from __future__ import annotations
 
 from tunneld.packet.layout import TCP, l3_offset, parse
-from tunneld.packet.limits import ENCRYPTION_OVERHEAD, ETHERNET_HEADER, PADDING_TRAILER_ROOM, VLAN_ROOM
+from tunneld.packet.limits import (ENCRYPTION_OVERHEAD, ETHERNET_HEADER, PADDING_TRAILER_ROOM, UNDERLAY_HEADERS,
+                                   UNDERLAY_MTU, VLAN_ROOM)
 
 SYN = 0x02
 OPT_END, OPT_NOP, OPT_MSS = 0, 1, 2
 
-
-UNDERLAY_MTU = 1500  # bytes: the path the outer datagrams take, as the default TUN MTU (1420) assumes
-UNDERLAY_HEADERS = 48  # bytes: IPv6 + UDP, the larger of the two underlays
 
 
 def limits(mtu: int) -> tuple[int, int]:

@@ -311,6 +311,8 @@ class Daemon:
             "candidates_refused": c.candidates_refused,
             "super_reads": c.super_reads,
             "super_writes": c.super_writes,
+            "chunked": c.chunked,
+            "salvaged": c.salvaged,
             "handshakes": c.handshakes,
             "reconnects": c.reconnects,
             "peer_changes": c.peer_changes,

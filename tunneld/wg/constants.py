@@ -1,6 +1,7 @@
 """WireGuard's constants (whitepaper section 6.1, wireguard-go device/constants.go)."""
 
 from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET  # noqa: F401 (the wire values of the core's flags)
+from tunneld.packet.limits import UNDERLAY_PLAINTEXT
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
@@ -28,11 +29,20 @@ PADDING_MULTIPLE = 16  # bytes
 # into the transcript, so authenticated). Both sides announcing a bit turns it on
 # for the keypair that handshake makes.
 CAP_SUPER_PACKETS = 0x01  # transport messages carry offload flags (below)
+CAP_CHUNKS = 0x02  # with CAP_SUPER_PACKETS: a message may be one chunk of a larger one (FLAG_CHUNK)
 # On a keypair with CAP_SUPER_PACKETS, a transport message's second byte says
 # what its plaintext is, and the 16-byte message header is the AEAD's associated
 # data, so the flags are authenticated and cost no byte of the MTU.
 # FLAG_VNET, FLAG_PARTIAL: the core's names for what a packet is (core/contract.py)
 FLAGS_KNOWN = FLAG_VNET | FLAG_PARTIAL
+# On a keypair with CAP_CHUNKS too (tunneld mode over UDP): the message is chunk
+# header[2] of header[3] of one plaintext (a super-packet, or a frame too big for
+# the underlay), chunk i sealed under counter first + i (packet/chunks.py). Its
+# other flags are the whole plaintext's.
+FLAG_CHUNK = 0x04
+# The plaintext of every chunk but the last: with the 32 bytes of a transport
+# message, 40 of IPv6 and 8 of UDP, a 1500-byte underlay carries each whole.
+CHUNK_STRIDE = UNDERLAY_PLAINTEXT
 DEFAULT_MTU = 1420  # bytes
 
 # Under load, responders answer an initiation without a valid mac2 with a cookie

@@ -13,18 +13,20 @@ class Keypair:
     last reference to the AEAD objects is as close as we get to zeroing."""
 
     __slots__ = ("send", "recv", "send_counter", "replay", "created", "initiator",
-                 "local_index", "remote_prefix", "offload")
+                 "local_index", "remote_index", "remote_prefix", "offload", "chunks")
 
     def __init__(self, send_key: bytes, recv_key: bytes, initiator: bool, created: float,
-                 local_index: int, remote_index: int, offload: bool = False):
+                 local_index: int, remote_index: int, offload: bool = False, chunks: bool = False):
         self.send, self.recv = AEAD(send_key), AEAD(recv_key)
         self.send_counter = 0
         self.replay = ReplayWindow()
         self.created = created
         self.initiator = initiator
         self.local_index = local_index
+        self.remote_index = remote_index
         self.remote_prefix = messages.HEADER_TRANSPORT + remote_index.to_bytes(4, "little")
         self.offload = offload  # both announced CAP_SUPER_PACKETS: messages carry flags, header authenticated
+        self.chunks = chunks and offload  # both announced CAP_CHUNKS too: a message may be a chunk (FLAG_CHUNK)
 
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import random
 from typing import Callable
 
@@ -38,16 +39,24 @@ from tunneld.core.events import Notice
 from tunneld.core.session import NOTHING, Opened
 from tunneld.wg import messages
 from tunneld.wg.admission import Admission
-from tunneld.wg.constants import (CAP_SUPER_PACKETS, COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
+from tunneld.packet.chunks import MAX_CHUNKS, Reassembly
+from tunneld.packet.limits import ETHERNET_HEADER, MAX_IP_PACKET, VLAN_ROOM, VNET_HEADER
+from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, CHUNK_STRIDE, FLAG_CHUNK, FLAGS_KNOWN,
+                                  REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TRANSPORT_HEADER_SIZE,
+                                  TRANSPORT_MIN_SIZE, COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, MESSAGE_TRANSPORT, TUNNELD_IDENTIFIER,
                                   UNDER_LOAD_AFTER, UNDER_LOAD_BACKLOG)
 from tunneld.wg.cookie import CookieChecker, CookieGenerator
 from tunneld.wg.keypair import Keypair, Keypairs
 from tunneld.wg.noise import Handshake
+from tunneld.wg.primitives import NONCE, InvalidTag
 from tunneld.wg.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND, LoadMeter, RateLimiter, TokenBucket
 from tunneld.wg.receive import Receiver
 from tunneld.wg.send import Sender
 from tunneld.wg.timers import Timers
+
+
+_CHUNK_HEADER = struct.Struct("<BBBBIQ")  # type, flags, chunk index, chunk count, receiver, counter
 
 
 class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
@@ -70,14 +79,26 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
         plaintext's last byte, so a frame arrives byte for byte; an IP packet
         needs none (its own length trims the padding, as WireGuard does).
         `offload` (tunneld mode, a device with virtio headers): announce
-        CAP_SUPER_PACKETS; a keypair both sides announced it for carries
-        offload flags (constants.FLAG_*) in its transport messages.
+        CAP_SUPER_PACKETS and CAP_CHUNKS; a keypair both sides announced them
+        for carries offload flags (constants.FLAG_*) in its transport messages
+        and may carry a plaintext as chunks (seal_chunks; the core uses them
+        over datagrams only).
         `under_load_backlog`: see ratelimiter.LoadMeter (0: always under load)."""
         if padding_trailer and compatible:
             raise ValueError("WireGuard's wire format has no padding trailer")
         if offload and compatible:
             raise ValueError("WireGuard's reserved bytes must stay zero")
-        self.capabilities = CAP_SUPER_PACKETS if offload else 0
+        self.capabilities = CAP_SUPER_PACKETS | CAP_CHUNKS if offload else 0
+        # chunks: each fits a 1500-byte underlay, and no more than an interface packet
+        self.chunk_stride = min(max_packet, CHUNK_STRIDE)
+        if offload:  # bounded: one send buffer, and SLOTS super-packets being joined
+            self._chunk_buf = bytearray(MAX_CHUNKS * (self.chunk_stride + TRANSPORT_MIN_SIZE))
+            self._chunk_view = memoryview(self._chunk_buf)
+            self.reassembly = Reassembly(VNET_HEADER + ETHERNET_HEADER + VLAN_ROOM + MAX_IP_PACKET)
+        else:
+            self.reassembly = None
+        self._joined: list = []  # keys of super-packets handed out whole by the last open()
+        self._partials: list = []  # super-packets given up (packet/chunks.Partial), for the core to salvage
         self.padding_trailer = padding_trailer
         self.padded = not padding_trailer  # the core trims TUN packets by their IP length
         self.compatible = compatible
@@ -153,19 +174,111 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
         """What one read from `addr` brought: see core/session.py."""
         packets = []
         accepted = None
-        for message in batch:
+        if self._joined:  # the core has written what the last call joined: its slots are free
+            release = self.reassembly.release
+            for key in self._joined:
+                release(key)
+            self._joined = []
+        kp = self.current
+        chunks = kp is not None and kp.chunks and now - kp.created < REJECT_AFTER_TIME
+        i, n = 0, len(batch)
+        while i < n:
+            message = batch[i]
+            if chunks and message[0] == MESSAGE_TRANSPORT and message[1] & FLAG_CHUNK:
+                end, took = self._open_chunks(kp, batch, i, addr, now, packets)
+                if took:
+                    accepted = addr
+                if end > i:
+                    i = end
+                    continue  # else not a chunk of the current keypair after all: the long way
+            i += 1
             self._accepted = None
             opened = self._open_one(message, addr, now)
             if self._accepted is not None:
                 accepted = self._accepted
             if opened is not None and opened[0]:  # b"": a keepalive, nothing for the device
                 packets.append(opened)
+        if accepted is not None and self.reassembly is not None and self.reassembly.waiting:
+            kp = self.current  # chunks that stopped coming while later messages came: lost, not late
+            if kp is not None and kp.chunks:
+                self._partials.extend(self.reassembly.stale(kp.local_index, kp.replay.last))
         out = self._out
         if out:
             self._out = []
         else:
             out = NOTHING
         return Opened(packets, accepted, out)
+
+    def _open_chunks(self, kp, batch, i: int, addr: Address, now: float, packets: list) -> tuple[int, int]:
+        """The run of chunks on the current keypair from batch[i] on (a GRO batch is
+        one): per message only the header, the place, the AEAD call and the window
+        (receive._receive_chunk's checks, in the same order); the timers and the
+        rotation once for the run. -> (where the run ended, how many were authentic)."""
+        unpack, nonce = _CHUNK_HEADER.unpack_from, NONCE.pack
+        reassembly, counters = self.reassembly, self.counters
+        target, commit = reassembly.target, reassembly.commit
+        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
+        n, took = len(batch), 0
+        while i < n:
+            message = batch[i]
+            size = len(message) - TRANSPORT_MIN_SIZE
+            if size <= 0:
+                break
+            kind, flags, index, count, receiver, counter = unpack(message)
+            if kind != MESSAGE_TRANSPORT or not flags & FLAG_CHUNK or receiver != local:
+                break
+            i += 1
+            key = (local, counter - index)
+            into = target(key, index, count, size) if counter < REJECT_AFTER_MESSAGES else None
+            if into is None:
+                counters.rx.drops += 1
+                continue
+            try:
+                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:], message[:TRANSPORT_HEADER_SIZE], into)
+            except InvalidTag:
+                self._auth_failed(now, addr, "transport message that did not authenticate")
+                continue
+            if not check(counter, REJECT_AFTER_MESSAGES):
+                counters.rx.drops += 1
+                counters.replays += 1
+                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                continue
+            flags &= ~FLAG_CHUNK
+            if flags & ~FLAGS_KNOWN:
+                self._unknown_flags(flags | FLAG_CHUNK, addr)
+                continue
+            took += 1
+            whole, given_up = commit(key, index, count, size, now)
+            if given_up:
+                self._partials.extend(given_up)
+            if whole is not None:
+                self._joined.append(key)
+                packets.append((whole, flags))
+        if took:
+            self._transport_received(kp, addr, now, True)
+        return i, took
+
+    def partials(self) -> list:
+        """Super-packets given up since the last call (packet/chunks.Partial), each
+        valid until the next open() or handle_timer(): the core salvages them."""
+        out = self._partials
+        if not out:
+            return NOTHING
+        self._partials = []
+        return out
+
+    def get_timer(self) -> float | None:
+        best = Timers.get_timer(self)
+        if self.reassembly is not None and self.reassembly.waiting:
+            joined = self.reassembly.deadline()
+            if joined is not None and (best is None or joined < best):
+                best = joined
+        return best
+
+    def handle_timer(self, now: float) -> list | tuple:
+        if self.reassembly is not None and self.reassembly.waiting:
+            self._partials.extend(self.reassembly.expired(now))
+        return Timers.handle_timer(self, now)
 
     def _open_one(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
         """One message -> (plaintext, offload flags) of a transport message, or None."""

@@ -6,12 +6,13 @@ from tunneld.core.contract import Address
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted,
                                  HandshakeStale, Notice)
-from tunneld.wg.constants import (CAP_SUPER_PACKETS, FLAGS_KNOWN, KEEPALIVE_TIMEOUT, MESSAGE_RESPONSE,
+from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, FLAG_CHUNK, FLAGS_KNOWN,
+                                  TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, KEEPALIVE_TIMEOUT, MESSAGE_RESPONSE,
                                   PADDING_MULTIPLE, REJECT_AFTER_MESSAGES,
                                   REJECT_AFTER_TIME, REKEY_ON_RECEIVE_AGE,
                                   ZERO_KEYS_AFTER)
 from tunneld.wg.noise import HandshakeError, StaleHandshake, State
-from tunneld.wg.primitives import InvalidTag
+from tunneld.wg.primitives import NONCE, InvalidTag
 from tunneld.wg.keypair import Keypair
 
 
@@ -33,13 +34,13 @@ class Receiver:
             self._auth_failed(now, addr, str(e))
             return
         self.last_initiation_consumed = now
-        offload = self._agreed()
+        offload, chunks = self._agreed()
         body = self.handshake.create_response(self._new_index(), bytes((MESSAGE_RESPONSE, self.capabilities, 0, 0)))
         response = self.cookie_generator.add_macs(body, now)
         hs = self.handshake
         local, remote = hs.local_index, hs.remote_index
         send, recv, _ = hs.derive_keys()
-        self.next = Keypair(send, recv, False, now, local, remote, offload)  # used once the initiator confirms it
+        self.next = Keypair(send, recv, False, now, local, remote, offload, chunks)  # used once the initiator confirms it
         self.previous = None
         self._out.append((response, addr))
         self.last_handshake_sent = now
@@ -62,7 +63,7 @@ class Receiver:
         hs = self.handshake
         local, remote = hs.local_index, hs.remote_index
         send, recv, _ = hs.derive_keys()
-        kp = Keypair(send, recv, True, now, local, remote, self._agreed())
+        kp = Keypair(send, recv, True, now, local, remote, *self._agreed())
         if self.next is not None:
             self.previous, self.next = self.next, None
         else:
@@ -77,10 +78,11 @@ class Receiver:
         else:
             self._send_keepalive(now)  # lets the responder confirm the keypair
 
-    def _agreed(self) -> bool:
-        """Super-packets for the keypair of the handshake just consumed: both announced them."""
+    def _agreed(self) -> tuple[bool, bool]:
+        """(super-packets, chunks) for the keypair of the handshake just consumed: both announced them."""
         peer = self.handshake.peer_header
-        return bool(self.capabilities & CAP_SUPER_PACKETS and len(peer) == 4 and peer[1] & CAP_SUPER_PACKETS)
+        both = self.capabilities & peer[1] if len(peer) == 4 else 0
+        return bool(both & CAP_SUPER_PACKETS), bool(both & CAP_SUPER_PACKETS and both & CAP_CHUNKS)
 
     def _receive_cookie_reply(self, message: bytes, addr: Address, now: float) -> None:
         receiver = int.from_bytes(message[4:8], "little")
@@ -106,6 +108,8 @@ class Receiver:
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self.counters.rx.drops += 1
             return None
+        if kp.chunks and message[1] & FLAG_CHUNK:
+            return self._receive_chunk(kp, message, counter, addr, now)
         try:
             if kp.offload:
                 plaintext = kp.recv.open(counter, message[16:], bytes(message[:16]))
@@ -127,9 +131,54 @@ class Receiver:
                 return None
         flags = message[1] if kp.offload else 0
         if flags & ~FLAGS_KNOWN:  # authentic, so a newer peer's idea: not ours to guess
-            self.counters.rx.errors += 1
-            self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
+            self._unknown_flags(flags, addr)
             return None
+        self._transport_received(kp, addr, now, bool(plaintext))
+        return plaintext, flags
+
+    def _unknown_flags(self, flags: int, addr: Address) -> None:
+        self.counters.rx.errors += 1
+        self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
+
+    def _receive_chunk(self, kp: Keypair, message: bytes | memoryview, counter: int, addr: Address,
+                       now: float) -> tuple | None:
+        """Chunk message[2] of message[3] (packet/chunks.py), decrypted straight into
+        its place in the reassembly; the whole plaintext once its last chunk came.
+        Nothing is marked before the chunk authenticated (chunks.Reassembly.target)."""
+        index, count = message[2], message[3]
+        size = len(message) - TRANSPORT_MIN_SIZE
+        key = (kp.local_index, counter - index)
+        reassembly = self.reassembly
+        into = reassembly.target(key, index, count, size)
+        if into is None:
+            self.counters.rx.drops += 1  # a duplicate, or geometry no plaintext has: refused unread
+            return None
+        try:
+            kp.recv.aead.decrypt_into(NONCE.pack(counter), message[TRANSPORT_HEADER_SIZE:],
+                                      message[:TRANSPORT_HEADER_SIZE], into)
+        except InvalidTag:
+            self._auth_failed(now, addr, "transport message that did not authenticate")
+            return None
+        if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
+            self.counters.rx.drops += 1
+            self.counters.replays += 1
+            self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+            return None
+        flags = message[1] & ~FLAG_CHUNK
+        if flags & ~FLAGS_KNOWN:
+            self._unknown_flags(message[1], addr)
+            return None
+        whole, given_up = reassembly.commit(key, index, count, size, now)
+        if given_up:
+            self._partials.extend(given_up)
+        self._transport_received(kp, addr, now, True)
+        if whole is None:
+            return None
+        self._joined.append(key)
+        return whole, flags
+
+    def _transport_received(self, kp: Keypair, addr: Address, now: float, data: bool) -> None:
+        """An authentic transport message on `kp`: rotation, rekey-on-receive, timers."""
         self._accepted = self._peer_addr = addr
         if kp is self.next:  # the initiator confirmed the keypair: rotate it in
             self.previous, self.current, self.next = self.current, kp, None
@@ -141,12 +190,11 @@ class Receiver:
             self.sent_last_minute_handshake = True
             self._initiate(now, retry=False)
         self._authenticated_received(now)
-        if plaintext:  # data received: answer it within KEEPALIVE_TIMEOUT
+        if data:  # data received: answer it within KEEPALIVE_TIMEOUT
             if self.t_keepalive is None:
                 self.t_keepalive = now + KEEPALIVE_TIMEOUT
             else:
                 self.need_another_keepalive = True
-        return plaintext, flags
 
     @staticmethod
     def _strip_trailer(plaintext: bytes) -> bytes | None:

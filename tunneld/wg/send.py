@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+
+from tunneld.core.contract import Segmented
 from tunneld.core.session import NOTHING
-from tunneld.wg.constants import (AEAD_TAG_SIZE, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, KEEPALIVE_TIMEOUT,
-                                  MESSAGE_INITIATION, MESSAGE_TRANSPORT,
+from tunneld.packet.chunks import MAX_CHUNKS
+from tunneld.wg.constants import (AEAD_TAG_SIZE, FLAG_CHUNK, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE,
+                                  KEEPALIVE_TIMEOUT, MESSAGE_INITIATION, MESSAGE_TRANSPORT,
                                   PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
                                   REJECT_AFTER_MESSAGES,
                                   REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
@@ -58,6 +62,51 @@ class Sender:
         """The next seal() goes out at once on a keypair that carries super-packets."""
         kp = self.current
         return kp is not None and kp.offload and not self.staged and self._can_send(kp, now)
+
+    def sends_chunks(self, now: float) -> bool:
+        """The next seal_chunks() goes out at once: the current keypair joins chunks."""
+        kp = self.current
+        return kp is not None and kp.chunks and not self.staged and self._can_send(kp, now)
+
+    def chunks_of(self, size: int) -> int:
+        """How many chunks seal_chunks() cuts `size` bytes into; 0: too many (seal it whole)."""
+        n = -(-size // self.chunk_stride)
+        return n if 1 < n <= MAX_CHUNKS else 0
+
+    def seal_chunks(self, data: memoryview, now: float, flags: int) -> list:
+        """One plaintext (a super-packet with its virtio header, or a frame over the
+        underlay's size) -> its chunks (packet/chunks.py), sealed straight from
+        `data` into one reused buffer at a fixed stride: [Segmented], one UDP GSO
+        send. Only after sends_chunks(now) said yes and chunks_of(len(data)) > 1.
+        Chunks carry no padding: every one but the last is CHUNK_STRIDE bytes,
+        so only the last tells the plaintext's size (to the byte, where a
+        padded packet tells it to 16; a super-packet's size says little)."""
+        kp = self.current
+        stride = self.chunk_stride
+        size = len(data)
+        count = -(-size // stride)
+        counter = kp.send_counter
+        if counter + count > REJECT_AFTER_MESSAGES:
+            return self.seal((data,), now, flags)  # the keypair's last messages: it goes one way or the other
+        step = stride + TRANSPORT_MIN_SIZE
+        buf, view = self._chunk_buf, self._chunk_view
+        pack, nonce = _CHUNK_HEADER.pack_into, NONCE.pack
+        encrypt_into, receiver, kind = kp.send.aead.encrypt_into, kp.remote_index, flags | FLAG_CHUNK
+        pos = start = 0
+        for index in range(count):
+            end = min(start + stride, size)
+            body = pos + TRANSPORT_HEADER_SIZE
+            pack(buf, pos, MESSAGE_TRANSPORT, kind, index, count, receiver, counter)
+            encrypt_into(nonce(counter), data[start:end], view[pos:body], view[body:body + end - start + AEAD_TAG_SIZE])
+            counter += 1
+            start = end
+            pos += step
+        kp.send_counter = counter
+        self._data_sent(kp, counter, now)
+        out = [Segmented(view[:pos - step + TRANSPORT_MIN_SIZE + size - (count - 1) * stride], step)]
+        if self._out:  # a rekey started on the way
+            out.extend(self._take())
+        return out
 
     def _stage(self, packet: bytes | memoryview) -> None:
         if len(self.staged) >= QUEUED_PACKETS_MAX:
@@ -126,13 +175,17 @@ class Sender:
                 counter += 1
                 data = data or n > 0
         kp.send_counter = counter
+        self._data_sent(kp, counter, now, data)
+        return out
+
+    def _data_sent(self, kp: Keypair, counter: int, now: float, data: bool = True) -> None:
+        """timers.go's bookkeeping once per sealed batch: `counter` is the keypair's next."""
         self._authenticated_sent(now)
         if data and self.t_new_handshake is None:  # data sent: expect an answer
             self.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
         # keep the key fresh: the initiator of a keypair rekeys it after 120 s or 2^60 messages
         if (kp.initiator and now - kp.created >= REKEY_AFTER_TIME) or counter - 1 >= REKEY_AFTER_MESSAGES:
             self._initiate(now, retry=False)
-        return out
 
     def _initiate(self, now: float, retry: bool, gap: bool = True) -> None:
         """A new initiation; `gap=False` skips the 5 s spacing (a cookie to return,
@@ -160,6 +213,7 @@ class Sender:
             self._seal_one(b"", now)
 
 
+_CHUNK_HEADER = struct.Struct("<BBBBIQ")  # type, flags, chunk index, chunk count, receiver, counter
 _ZEROS = bytes(PADDING_MULTIPLE + AEAD_TAG_SIZE)  # the most padding and tag room a message needs
 
 
