@@ -91,6 +91,13 @@ def test_the_debian_package_installs_runs_and_purges(lab, packaged_sites):
     lab.ping(paris.ns, "10.9.0.1")
     assert "Traceback" not in london.journal("tunneld@london")
 
+    # an upgrade (here the same version again) restarts the running instance on the new files
+    pid = london.show("tunneld@london", "MainPID")
+    london.run(*APT, "install", "--reinstall", deb, timeout=300)
+    assert london.show("tunneld@london", "ActiveState") == "active"
+    assert london.show("tunneld@london", "MainPID") not in ("0", pid)
+    lab.wait_ping(london.ns, "10.9.0.2", timeout=30)
+
     # paris: the admin removes its config and key, then purges: nothing is left
     files = paris.run("dpkg-query", "-L", "tunneld").stdout.split()
     paris.run("rm", f"/etc/tunneld/{paris.name}.yaml", "/etc/tunneld/site.key")
