@@ -33,7 +33,10 @@ from tests.lab import require_netns, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/tunneld-test")
-INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,procps"
+# python3-yaml, python3-pycparser (python3-ply: debootstrap does not resolve the virtual package
+# python3-pycparser depends on) and adduser: what the Debian package depends on beyond
+# python3, so that test_package.py's apt installs it offline. The cache path hashes this list.
+INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,procps,python3-yaml,python3-pycparser,python3-ply,adduser"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
