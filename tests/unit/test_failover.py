@@ -27,8 +27,7 @@ def test_unanswered_attempts_move_on_after_the_threshold_and_come_round_again():
     assert f.changes == 3
 
 
-@pytest.mark.parametrize("event", ["answered", "moved"])
-def test_an_answer_resets_the_count(event):
+def test_an_answer_resets_the_count():
     f = Failover((UDP, TCP_OUT))
     for _ in range(FAILOVER_AFTER - 1):
         assert f.unanswered(0.0) is None
