@@ -153,11 +153,11 @@ class TransportSet:
         self._rearm()
 
     def status(self) -> dict:
-        i = self.policy.active
+        i, changes = self.policy.active, self.policy.changes
         n = len(self.entries)
         return {
             "transport": f"{describe(self.entries[i])} (entry {i + 1} of {n}: "
-                         f"{', '.join(t.protocol for t in self.entries)}; {self.policy.changes} changes)",
+                         f"{', '.join(t.protocol for t in self.entries)}; {changes} change{'' if changes == 1 else 's'})",
             "transport_active": self.entries[i].protocol,
             "transport_entry": i,
             "transport_changes": self.policy.changes,
