@@ -12,7 +12,8 @@
 A pings B all along. With UDP dropped on B's underlay, A's handshakes go
 unanswered and it moves to TCP: pings within 30 s. With UDP back, A's probe of
 its first entry is answered and both ends are on UDP again within 60 s of its
-return. Status (the control socket) and metrics say which transport is in use.
+return. Status (the control socket) and metrics say which transport is in use;
+a reload applies the list's remotes and failback.
 """
 
 import json
@@ -20,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 from tests.lab import require, wait_for
 
@@ -50,6 +50,11 @@ def status(lab, daemon) -> dict:
                        text=True, env={**os.environ, "RUNTIME_DIRECTORY": str(lab.tmp / "run")})
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def reload(lab, daemon) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunneld", "reload", daemon.config.stem], capture_output=True,
+                          text=True, env={**os.environ, "RUNTIME_DIRECTORY": str(lab.tmp / "run")})
 
 
 def metric(lab, ns: str, name: str) -> list[str]:
@@ -109,6 +114,17 @@ def test_udp_blocked_moves_to_tcp_and_back(lab):
     assert status(lab, da)["offload"].endswith("(segments with partial checksums)")
     sent, got = lab.transfer(a, b, "10.9.0.2", size=5_000_000)
     assert sent == got
+
+    # a reload applies a list's remotes and failback, and refuses a change of its shape
+    text = da.config.read_text()
+    da.config.write_text(text.replace('remote: "10.77.0.2:443"}', 'remote: "10.77.0.2:8443"}')
+                         .replace('remote: "10.77.0.2:55555"}', 'remote: "10.77.0.2:55555", failback: 10}'))
+    p = reload(lab, da)
+    assert p.returncode == 0 and "peer endpoint 10.77.0.2:55555, 10.77.0.2:8443, failback 10 s" in p.stdout, p
+    da.config.write_text(text.replace('  - {protocol: tcp, remote: "10.77.0.2:443"}\n', ""))
+    p = reload(lab, da)
+    assert p.returncode == 1 and "transport (from 2 entries to 1) changed: that needs a restart" in p.stderr, p
+    lab.ping(a, "10.9.0.2", count=3)
     assert da.stop() == 0 and db.stop() == 0
     assert "Traceback" not in da.log + db.log
     print(f"on tcp {over_tcp:.1f} s after udp was blocked; back on udp {over_udp:.1f} s after it returned")
