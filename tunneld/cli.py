@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
               f"which 'systemctl reload tunneld@{instance}' asks for", file=sys.stderr)
         return 2
     if args.command == "check":
-        t = cfg.transport
-        ends = ", ".join(f"{k} {v}" for k, v in (("listen", t.listen), ("remote", t.remote)) if v)
-        print(f"{path}: ok ({cfg.interface.mode} over {t.protocol}, {ends}, mtu {cfg.interface.mtu}, "
+        over = "; then ".join(f"{t.protocol}, " + ", ".join(f"{k} {v}" for k, v in (("listen", t.listen),
+                                                                                 ("remote", t.remote)) if v)
+                              for t in cfg.transports)
+        print(f"{path}: ok ({cfg.interface.mode} over {over}, mtu {cfg.interface.mtu}, "
               f"{_crypto_name(cfg)}, name {cfg.name})")
         for warning in _warnings(cfg):
             print(f"{path}: warning: {warning}", file=sys.stderr)
@@ -236,10 +237,11 @@ def _warnings(cfg: config.Config) -> list[str]:
     """What is valid but will not do what its author wants."""
     from tunneld.host import routing
     out = []
-    remote = cfg.transport.remote
-    net = routing.captures(cfg.interface.routes, remote.host) if remote else None
-    if net is not None:
-        out.append(f"interface.routes: {net} contains the peer's address {remote.host}: the tunnel's own "
+    for host in dict.fromkeys(t.remote.host for t in cfg.transports if t.remote):  # each host once
+        net = routing.captures(cfg.interface.routes, host)
+        if net is None:
+            continue
+        out.append(f"interface.routes: {net} contains the peer's address {host}: the tunnel's own "
                    "packets would enter the tunnel and nothing would get through; for all traffic use "
                    "0.0.0.0/0 and ::/0 (full tunnel, which keeps the peer's path outside)")
     return out

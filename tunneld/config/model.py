@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from tunneld.conn.endpoint import Endpoint, TransportConfig
+from tunneld.core.failover import FAILBACK
 from tunneld.packet import limits
 from tunneld.packet.limits import ENCRYPTION_OVERHEAD, PADDING_TRAILER_ROOM
 from tunneld.wg.constants import INITIATION_SIZE
@@ -87,6 +88,15 @@ class Config:
     hooks: Hooks = Hooks()
     metrics: Endpoint | None = None  # Prometheus text on http://listen/metrics
     name_key: str | None = None  # `name:` as written; None: the file's stem
+    # `transport` given as a list: the entries after the first, in order of preference
+    # (they carry the first entry's keepalive and fwmark), and the probe interval
+    fallbacks: tuple[TransportConfig, ...] = ()
+    failback: int = FAILBACK  # s between probes of the preferred entry (0: never)
+
+    @property
+    def transports(self) -> tuple[TransportConfig, ...]:
+        """Every transport entry, the preferred first (one, unless `transport` is a list)."""
+        return (self.transport, *self.fallbacks)
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ import yaml
 from tunneld.config.model import (IFNAMSIZ, LOG_LEVELS, Config, ConfigError, EncryptionConfig, Hooks, InterfaceConfig,
                                   IPInterface, IPNetwork, Keys, RunAs, encryption_overhead)
 from tunneld.conn.endpoint import Endpoint, TransportConfig, is_ip
+from tunneld.core.failover import FAILBACK
 from tunneld.host import ownership, routing
 from tunneld.packet import limits
 from tunneld.wg.constants import KEY_SIZE
@@ -34,6 +35,7 @@ from tunneld.wg.constants import KEY_SIZE
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a megabyte is plenty
 MAX_KEY_FILE_BYTES = 4096  # a base64 key is 44 characters and a newline
 MAX_YAML_DEPTH = 32  # nesting levels; ours use three
+LIST_WIDE = ("keepalive", "fwmark", "failback")  # transport keys of a list's first entry that apply to all
 
 
 def read_bounded(path: str, limit: int) -> bytes:
@@ -311,7 +313,12 @@ KEYS: tuple[Key, ...] = (
         "as OpenVPN's mssfix does, while the LAN keeps its 1500-byte MTU."),
     Key("interface.offload", "boolean", "true", False,
         "64 KB super-packets between device and daemon (IFF_VNET_HDR, TSO, UDP GSO/GRO); false: one packet per read."),
-    Key("transport", "mapping", "", False, "The underlay: UDP datagrams or one TCP connection."),
+    Key("transport", "mapping, or a list of mappings", "", False,
+        "The underlay: UDP datagrams or one TCP connection. A list of them (tunneld mode only) is tried "
+        "in order: all its listen entries listen at once and the tunnel follows the peer to the one it "
+        "authenticates on; an initiator moves to the next entry with a remote when two handshake attempts "
+        "on the current one go unanswered, and probes the first again every transport.failback seconds. "
+        "keepalive, fwmark and failback go on the first entry and apply to all."),
     Key("transport.protocol", "udp | tcp", "", False,
         "udp: one datagram per packet. tcp: simpletun's framing (2-byte length, packet)."),
     Key("transport.listen", "ip:port", "none", False, "Where to bind: the server side ([::]:port for IPv6)."),
@@ -322,6 +329,10 @@ KEYS: tuple[Key, ...] = (
     Key("transport.fwmark", "integer", "51820 with a /0 route, else none", False,
         "The mark (SO_MARK) on the tunnel's own sockets, like WireGuard's FwMark; with a /0 route also the "
         "number of the full tunnel's routing table."),
+    Key("transport.failback", "integer (seconds)", "30", True,
+        "With a list of transports: while a later entry carries the tunnel, every so many seconds one "
+        "handshake initiation goes over the first entry with a remote, and the tunnel moves back when it is "
+        "answered there. 0: stay on the entry that works until it fails."),
     Key("encryption", "none | mapping", "", False,
         "`none` for plaintext (simpletun's wire format), or the WireGuard keys below. Switching between "
         "the two needs a restart; the keys inside apply at reload."),
@@ -447,9 +458,14 @@ class _Reader:
 
     def config(self, data: Any) -> Config:
         top = self.mapping(data, "", _children(""), {"interface", "transport", "encryption"})
-        transport = self.transport(top["transport"])
+        transports, failback = self.transports(top["transport"])
+        transport = transports[0]
         encryption = self.encryption(top["encryption"])
-        interface = self.interface(top["interface"], transport, encrypted=encryption is not None)
+        if len(transports) > 1 and (encryption is None or encryption.wireguard_compatible):
+            raise self.error("transport", "a list of transports needs encryption in tunneld mode: "
+                             + ("plaintext cannot tell on which the peer is" if encryption is None
+                                else "a WireGuard peer speaks UDP only (wireguard_compatible)"))
+        interface = self.interface(top["interface"], transports, encrypted=encryption is not None)
         if transport.keepalive is not None and encryption is None:
             raise self.error("transport.keepalive", "needs encryption: plaintext has no keepalive message")
         if encryption is not None:
@@ -474,14 +490,17 @@ class _Reader:
                 raise self.error("name", f"expected letters, digits, '.', '_' and '-' (at most 64), got {_show(name)}")
         if routing.full_tunnel(interface.routes) and transport.fwmark is None:
             transport = replace(transport, fwmark=routing.FULL_TUNNEL_MARK)
+        # the list-wide settings of the first entry are every entry's
+        fallbacks = tuple(replace(t, keepalive=transport.keepalive, fwmark=transport.fwmark) for t in transports[1:])
         if transport.fwmark is not None and run_as is not None and not run_as.keep_net_admin:
             if routing.full_tunnel(interface.routes):
                 raise self.error("run_as.keep_net_admin", "a full tunnel (a /0 route) needs CAP_NET_ADMIN to "
                                  "remove its routing rules at stop: keep it (true)")
-            if transport.protocol == "tcp" and transport.remote is not None:
+            if any(t.protocol == "tcp" and t.remote is not None for t in transports):
                 raise self.error("run_as.keep_net_admin", "transport.fwmark on a TCP client needs CAP_NET_ADMIN "
                                  "to mark every new connection: keep it (true)")
-        cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics, name)
+        cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics, name,
+                     fallbacks, failback)
         if encryption is not None and self.read_secret is not None:
             cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption, run_as)))
         return cfg
@@ -566,7 +585,7 @@ class _Reader:
             raise self.error(path, f"not a valid interface name: {_show(value)}")
         return value
 
-    def interface(self, value: Any, transport: TransportConfig, encrypted: bool) -> InterfaceConfig:
+    def interface(self, value: Any, transports: tuple[TransportConfig, ...], encrypted: bool) -> InterfaceConfig:
         m = self.mapping(value, "interface", _children("interface"), {"mode"})
         mode = self.choice(m["mode"], "interface.mode", ("tun", "tap"))
         name = self.ifname(m["name"], "interface.name") if m.get("name") is not None else None
@@ -592,13 +611,14 @@ class _Reader:
         if mtu < limits.IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
             raise self.error("interface.mtu", f"IPv6 addresses need an MTU of at least {limits.IPV6_MIN_MTU}, got {_show(mtu)}")
         frame = limits.max_packet(mode, mtu) + (encryption_overhead(mode, False) if encrypted else 0)
-        if transport.protocol == "tcp" and not encrypted and frame > limits.SIMPLETUN_BUFFER:
+        protocols = {t.protocol for t in transports}
+        if "tcp" in protocols and not encrypted and frame > limits.SIMPLETUN_BUFFER:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames; plaintext TCP is simpletun's "
                              f"wire format, whose peers read at most {limits.SIMPLETUN_BUFFER} bytes")
-        if transport.protocol == "tcp" and frame > limits.MAX_LENGTH_FIELD:
+        if "tcp" in protocols and frame > limits.MAX_LENGTH_FIELD:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte frames, over the "
                              f"{limits.MAX_LENGTH_FIELD}-byte limit of a 2-byte length")
-        if transport.protocol == "udp" and frame > limits.MAX_UDP_PAYLOAD:
+        if "udp" in protocols and frame > limits.MAX_UDP_PAYLOAD:
             raise self.error("interface.mtu", f"{mtu} gives {frame}-byte messages, over the "
                              f"{limits.MAX_UDP_PAYLOAD}-byte UDP payload limit")
 
@@ -618,7 +638,7 @@ class _Reader:
                 raise self.error("interface.bridge", "only a tap device can join a bridge")
             bridge = self.ifname(m["bridge"], "interface.bridge")
         # tap over UDP: bridged TCP is clamped to the underlay, so full-size LAN frames need no IP fragments
-        clamp = self.typed(m.get("clamp_mss", mode == "tun" or transport.protocol == "udp"), "interface.clamp_mss", bool)
+        clamp = self.typed(m.get("clamp_mss", mode == "tun" or "udp" in protocols), "interface.clamp_mss", bool)
         offload = self.typed(m.get("offload", True), "interface.offload", bool)
         return InterfaceConfig(name, mode, mtu, addresses, mac, bridge, routes, persistent, clamp, offload)
 
@@ -665,31 +685,61 @@ class _Reader:
             raise self.error(path, f"port must be 1 to 65535, got {_show(port)}")
         return Endpoint(host, int(port))
 
-    def transport(self, value: Any) -> TransportConfig:
-        m = self.mapping(value, "transport", _children("transport"), {"protocol"})
-        protocol = self.choice(m["protocol"], "transport.protocol", ("udp", "tcp"))
-        listen = self.endpoint(m["listen"], "transport.listen") if "listen" in m else None
-        remote = self.endpoint(m["remote"], "transport.remote") if "remote" in m else None
+    def transports(self, value: Any) -> tuple[tuple[TransportConfig, ...], int]:
+        """`transport`: one mapping, or a list of them in order of preference; and failback."""
+        if not isinstance(value, list):
+            entry = self.transport(value, "transport")
+            if "failback" in value:
+                raise self.error("transport.failback", "moving back applies to a list of transports")
+            return (entry,), FAILBACK
+        if not value:
+            raise self.error("transport", "expected a mapping or a list of mappings, got an empty list")
+        entries: list[TransportConfig] = []
+        for i, item in enumerate(value):
+            path = f"transport[{i}]"
+            entry = self.transport(item, path)
+            if i:
+                for key in LIST_WIDE:
+                    if key in item:
+                        raise self.error(f"{path}.{key}", "applies to the whole list: set it on the first entry")
+            for j, other in enumerate(entries):
+                if entry.listen is not None and (other.protocol, other.listen) == (entry.protocol, entry.listen):
+                    raise self.error(f"{path}.listen", f"transport[{j}] listens there already")
+                if entry == other:
+                    raise self.error(path, f"the same as transport[{j}]")
+            entries.append(entry)
+        failback = FAILBACK
+        if "failback" in value[0]:
+            failback = self.typed(value[0]["failback"], "transport[0].failback", int)
+            if not 0 <= failback <= 86400:
+                raise self.error("transport[0].failback", f"expected 0 to 86400 seconds, got {_show(failback)}")
+        return tuple(entries), failback
+
+    def transport(self, value: Any, path: str = "transport") -> TransportConfig:
+        m = self.mapping(value, path, _children("transport"), {"protocol"})
+        protocol = self.choice(m["protocol"], f"{path}.protocol", ("udp", "tcp"))
+        listen = self.endpoint(m["listen"], f"{path}.listen") if "listen" in m else None
+        remote = self.endpoint(m["remote"], f"{path}.remote") if "remote" in m else None
         if protocol == "tcp" and (listen is None) == (remote is None):
-            raise self.error("transport", "tcp needs exactly one of listen (server) or remote (client)")
+            raise self.error(path, "tcp needs exactly one of listen (server) or remote (client)")
         if protocol == "udp" and listen is None and remote is None:
-            raise self.error("transport", "udp needs listen, remote, or both")
+            raise self.error(path, "udp needs listen, remote, or both")
         if listen is not None and remote is not None:
             lv6, rv6 = _is_v6(listen.host), _is_v6(remote.host)
             if lv6 is False and rv6 is True:
-                raise self.error("transport.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
+                raise self.error(f"{path}.remote", f"IPv6 remote {remote} cannot be reached from IPv4 listen {listen}")
         if listen is not None and not is_ip(listen.host):
-            raise self.error("transport.listen", f"expected an IP address to bind, got {_show(listen.host)}")
+            raise self.error(f"{path}.listen", f"expected an IP address to bind, got {_show(listen.host)}")
         keepalive = None
         if "keepalive" in m:
-            keepalive = self.typed(m["keepalive"], "transport.keepalive", int)
+            keepalive = self.typed(m["keepalive"], f"{path}.keepalive", int)
             if not 1 <= keepalive <= 65535:
-                raise self.error("transport.keepalive", f"expected 1 to 65535 seconds, got {_show(keepalive)}")
+                raise self.error(f"{path}.keepalive", f"expected 1 to 65535 seconds, got {_show(keepalive)}")
         fwmark = None
         if "fwmark" in m:
-            fwmark = self.typed(m["fwmark"], "transport.fwmark", int)
+            fwmark = self.typed(m["fwmark"], f"{path}.fwmark", int)
             if not 1 <= fwmark <= 0xFFFFFFFF:
-                raise self.error("transport.fwmark", f"expected 1 to {0xFFFFFFFF}, got {_show(fwmark)}")
+                raise self.error(f"{path}.fwmark", f"expected 1 to {0xFFFFFFFF}, got {_show(fwmark)}")
         return TransportConfig(protocol, listen, remote, keepalive, fwmark)
 
 

@@ -135,6 +135,22 @@ class TcpTransport:
         if self.cfg.remote is not None and self._task is None and not self._closed:
             self._task = asyncio.create_task(self._connect_loop(), name="tcp-connect")
 
+    def stop_connecting(self) -> None:
+        """A client stops dialling and closes its connection (a transport list moved
+        to another entry); start_connecting() dials again."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result("no longer used")
+        if self.conn is not None and self.listener is None:
+            self._close_conn(self.conn)
+
+    @property
+    def connecting(self) -> bool:
+        """A client is dialling, or connected."""
+        return self._task is not None
+
     def allow_big_frames(self, allow: bool) -> None:
         """The session agreed on super-packets with the peer (or no longer has):
         accept frames over 64 KB from now on (or not). Plaintext never does."""
@@ -326,6 +342,10 @@ class TcpTransport:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECONNECT_MAX)
                 continue
+            except asyncio.CancelledError:  # stop_connecting() while dialling
+                if sock is not None:
+                    sock.close()
+                raise
             self._lost = self._loop.create_future()
             try:
                 self._attach(sock, sock.getpeername())  # a reset right after connect fails here

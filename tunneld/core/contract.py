@@ -42,14 +42,17 @@ class Segmented:
 
 
 def format_address(addr: Address) -> str:
-    """host:port, [v6]:port, a v4-mapped address as plain IPv4; "nobody" for None."""
+    """host:port, [v6]:port, a v4-mapped address as plain IPv4; "nobody" for None.
+    An address that names its transport (one of a list's) leads with it: "tcp 10.0.0.2:443"."""
     if addr is None:
         return "nobody"
     if isinstance(addr, tuple) and len(addr) >= 2:
         host = str(addr[0])
         if host.startswith("::ffff:") and "." in host:
             host = host[7:]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+        text = f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+        protocol = getattr(addr, "protocol", None)
+        return f"{protocol} {text}" if protocol else text
     return str(addr)
 
 

@@ -23,7 +23,8 @@ nothing is handed in to be written:
     handle_timer(now) -> [message]          retries, keepalives, rekeys (to the endpoint)
     get_timer() -> float | None             its next deadline, on the caller's clock
     kick(now) -> [message]                  the peer became reachable (start, reload)
-    stream_up(now) -> [message]             we dialled a new stream to the peer
+    stream_up(now) -> [message]             a new path to the peer (a stream we dialled,
+                                            a transport list's probe): handshake now
     next_event() -> Event | None            what happened (core/events.py), oldest first
     counters                                its own Counters (it alone writes them)
     sends_offload(now)                      the peer takes those flags now

@@ -345,6 +345,21 @@ class Tunnel:
         self.endpoint = None
         self._events.append(StreamChanged(None))
 
+    # --- a list of transports ---------------------------------------------------------
+
+    def set_stream(self, stream: bool) -> None:
+        """The endpoint is on another kind of transport now (a list moved): a stream
+        (TCP) takes a super-packet whole, datagrams (UDP) take it cut into segments."""
+        self.stream = stream
+
+    def probe(self, addr: Address, now: float) -> None:
+        """Handshake with the peer at `addr` now, the endpoint left as it is: a path
+        to try (a list's preferred transport). If the peer answers there, the core
+        follows it as it follows any authenticated source."""
+        messages = self.session.stream_up(now)  # a new path: an initiation at once, whatever the gap
+        self._datagrams.extend([(m, addr) for m in messages])
+        self._take_events(now)
+
     # --- events ---------------------------------------------------------------
 
     def note(self, now: float, kind: str, level: str, text: str, repeats: int = 1) -> None:

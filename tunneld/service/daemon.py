@@ -33,6 +33,7 @@ from tunneld.host.netconf import LinkSetup
 from tunneld.service.relay import Relay
 from tunneld.service.reload import plan, restart_needed
 from tunneld.service.sdnotify import Notifier
+from tunneld.service.transport_set import TransportSet, Via
 from tunneld.core.counters import Counters
 from tunneld.core.events import HandshakeCompleted, PeerMoved, StreamChanged
 from tunneld.core.session import PlaintextSession
@@ -148,8 +149,8 @@ class Daemon:
                 log.info("running as %s:%s, %s", cfg.run_as.user, cfg.run_as.group or "(primary group)",
                          "keeping CAP_NET_ADMIN" if self.can_net_admin else "with no capabilities")
 
-            log.info("%s: up, %s over %s", device.name, icfg.mode, tcfg.protocol)
-            if tcfg.protocol == "tcp":
+            log.info("%s: up, %s over %s", device.name, icfg.mode, ", then ".join(t.protocol for t in cfg.transports))
+            if tcfg.protocol == "tcp" or isinstance(self.transport, TransportSet):
                 self.transport.start_connecting()
             relay.start()
             self.notifier.ready(self.status_line())
@@ -173,7 +174,9 @@ class Daemon:
     async def _open_transport(self) -> None:
         cfg, core, relay = self.cfg, self.core, self.relay
         tcfg = cfg.transport
-        if tcfg.protocol == "udp":
+        if len(cfg.transports) > 1:  # a list: every entry open, the tunnel on one (transport_set.py)
+            self.transport = await TransportSet.open(cfg, core, relay, OPENING)
+        elif tcfg.protocol == "udp":
             self.transport, remote = await UdpTransport.open(tcfg, relay.messages, cfg.max_message, relay.transport_error,
                                                              steer=cfg.encryption is not None)
             # plaintext cannot prove who sent a packet: a configured peer is pinned
@@ -250,7 +253,7 @@ class Daemon:
 
     def _hook_env(self) -> dict[str, str]:
         icfg = self.cfg.interface
-        return hooks.environment(self.device.name, icfg.mode, icfg.mtu, icfg.addresses, _peer(self.core))
+        return hooks.environment(self.device.name, icfg.mode, icfg.mtu, icfg.addresses, _peer(self.core, plain=True))
 
     # --- systemd: watchdog and status ----------------------------------------------
 
@@ -272,6 +275,8 @@ class Daemon:
         """What the core reported (core/events.py), already logged: a handshake,
         the peer moved, a connection lost or back change what STATUS= says in
         short, so systemd hears it now rather than at the next tick."""
+        if isinstance(self.transport, TransportSet):
+            self.transport.on_event(event)  # handshakes answered or not move a transport list
         if isinstance(event, _STATUS_EVENTS) and self.notifier.sock is not None and not self.stopping.done():
             self.notifier.status(self.status_line())
 
@@ -297,8 +302,7 @@ class Daemon:
             "interface": self.device.name,
             "mode": cfg.interface.mode,
             "mtu": cfg.interface.mtu,
-            "transport": f"{cfg.transport.protocol}" + "".join(
-                f" {k} {v}" for k, v in (("listen", cfg.transport.listen), ("remote", cfg.transport.remote)) if v),
+            **self._transport_state(),
             "encryption": "plaintext" if enc is None else ("wireguard" if enc.wireguard_compatible else "tunneld"),
             "offload": self._offload_state(),
             "peer": _peer(core),
@@ -320,6 +324,14 @@ class Daemon:
             "pid": os.getpid(),
         }
 
+    def _transport_state(self) -> dict:
+        """Which transport carries the tunnel, and how often that changed (a list's)."""
+        if isinstance(self.transport, TransportSet):
+            return self.transport.status()
+        t = self.cfg.transport
+        return {"transport": t.protocol + "".join(f" {k} {v}" for k, v in (("listen", t.listen), ("remote", t.remote)) if v),
+                "transport_active": t.protocol, "transport_entry": 0, "transport_changes": 0}
+
     def _offload_state(self) -> str:
         """What the device and the peer do with super-packets, in a few words."""
         device = self.device
@@ -327,7 +339,7 @@ class Daemon:
             return f"off ({device.fallback})"
         session = self.core.session
         if session.offload_peer:
-            wire = "whole over tcp" if self.cfg.transport.protocol == "tcp" else "segments with partial checksums"
+            wire = "whole over tcp" if self.core.stream else "segments with partial checksums"
             return f"{device.offload_names}; peer takes super-packets ({wire})"
         return f"{device.offload_names}; cut into packets for the peer"
 
@@ -366,7 +378,13 @@ class Daemon:
         core, link = self.core, self.link
         # first what may fail, changing nothing: resolving the peer, making a session
         remote = core.endpoint
-        if p.remote and new.transport.protocol == "udp":
+        listed = isinstance(self.transport, TransportSet)
+        if listed and (p.remote or p.failback):
+            try:
+                remotes = await self.transport.resolve(new.transports)
+            except StartupError as e:
+                return False, str(e)
+        elif p.remote and new.transport.protocol == "udp":
             remote = None
             if new.transport.remote is not None:
                 try:
@@ -392,7 +410,9 @@ class Daemon:
         # last what cannot fail
         if p.log_level:
             logging.getLogger("tunneld").setLevel(new.log_level.upper())
-        if p.remote:
+        if listed and (p.remote or p.failback):
+            self.transport.reload(new.transports, remotes, new.failback)
+        elif p.remote:
             if new.transport.protocol == "udp":
                 core.set_endpoint(remote, pinned=new.encryption is None and remote is not None)
             else:
@@ -412,9 +432,10 @@ class Daemon:
 
 
 def clamp_limits(cfg: Config) -> tuple[int, int]:
-    """MSS limits: a TUN tunnel's MTU; frames bridged over UDP, a 1500-byte underlay (packet/mss.py)."""
+    """MSS limits: a TUN tunnel's MTU; frames bridged over UDP (any entry of a list), a
+    1500-byte underlay (packet/mss.py)."""
     icfg, enc = cfg.interface, cfg.encryption
-    if icfg.mode == "tap" and cfg.transport.protocol == "udp":
+    if icfg.mode == "tap" and any(t.protocol == "udp" for t in cfg.transports):
         return mss.bridged_limits(icfg.mtu, enc is not None, bool(enc and enc.wireguard_compatible))
     return mss.limits(icfg.mtu)
 
@@ -442,7 +463,9 @@ def make_session(cfg: Config, offload: bool = False):
     return session
 
 
-def _peer(core: Tunnel | None) -> str | None:
+def _peer(core: Tunnel | None, plain: bool = False) -> str | None:
+    """The peer's address; `plain`: host:port alone, without a list's transport name."""
     if core is None or core.endpoint is None:
         return None
-    return format_address(core.endpoint)
+    addr = core.endpoint
+    return format_address(addr.raw if plain and isinstance(addr, Via) else addr)

@@ -39,6 +39,8 @@ _HELP = [
     ("salvaged_total", "counter", "Chunked plaintexts that arrived incomplete (their whole segments went on)",
      lambda s: s.get("salvaged", 0)),
     ("reconnects_total", "counter", "TCP connections re-established", lambda s: s["reconnects"]),
+    ("transport_changes_total", "counter", "Moves of the tunnel between the entries of a transport list",
+     lambda s: s.get("transport_changes", 0)),
     ("last_handshake_seconds", "gauge", "Seconds since the last handshake (absent: never)", lambda s: s["last_handshake_seconds_ago"]),
     ("uptime_seconds", "gauge", "Seconds since start", lambda s: s["uptime_seconds"]),
     ("metrics_clients_evicted_total", "counter", "Metrics connections closed to make room for a newer one",
@@ -63,6 +65,11 @@ def render(st: dict) -> str:
         out.append(f"# TYPE tunneld_{name} {kind}")
         if value is not None:
             out.append(f"tunneld_{name}{label} {value}")
+    if "transport_active" in st:  # which transport carries the tunnel: its protocol and place in the list
+        out += ["# HELP tunneld_transport_active The transport in use (1), by protocol and entry of the list",
+                "# TYPE tunneld_transport_active gauge",
+                f'tunneld_transport_active{label[:-1]},transport="{label_value(st["transport_active"])}",'
+                f'entry="{st.get("transport_entry", 0)}"}} 1']
     return "\n".join(out) + "\n"
 
 

@@ -137,6 +137,13 @@ class Relay:
         self.core.start(now)
         self._carry_out(now)
 
+    def probe(self, addr: Address) -> None:
+        """Handshake with the peer at `addr` now, without moving the endpoint there
+        (a transport list tries its preferred entry)."""
+        now = self.clock()
+        self.core.probe(addr, now)
+        self._carry_out(now)
+
     def peer_down(self) -> None:
         self.core.transport_down()
         self.take_events()

@@ -1,9 +1,11 @@
 """A reload, as a pure diff of two configs: what may change in a running
 tunnel, and what changed. The daemon owns the running state and applies it.
 
-Live: the peer endpoint, keys and preshared key, keepalive, allowed IPs, log
-level, addresses and routes. Everything else (mode, transport, device name,
-MTU, ...) needs a restart: the reload is refused and the old config stays.
+Live: the peer endpoint (every entry's, with a list of transports), keys and
+preshared key, keepalive, failback, allowed IPs, log level, addresses and
+routes. Everything else (mode, a transport's protocol or listen address, the
+number of transports, device name, MTU, ...) needs a restart: the reload is
+refused and the old config stays.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ class Plan:
     keys: bool = False  # private key, preshared key or peer public key: a new session
     keepalive: bool = False
     allowed_ips: bool = False
+    failback: bool = False
 
     def changed(self, new) -> list[str]:
         """The names of what changed, for the log and the reload's answer."""
         words = {
             "log_level": f"log_level {new.log_level}", "link": "addresses and routes",
-            "remote": f"peer endpoint {new.transport.remote}", "keys": "keys",
-            "keepalive": "keepalive", "allowed_ips": "allowed_ips",
+            "remote": f"peer endpoint {', '.join(str(t.remote) for t in new.transports if t.remote)}",
+            "keys": "keys", "keepalive": "keepalive", "allowed_ips": "allowed_ips",
+            "failback": f"failback {new.failback} s",
         }
         return [text for field, text in words.items() if getattr(self, field)]
 
@@ -40,6 +44,12 @@ def restart_needed(old, new) -> str | None:
     """Why the new config cannot be applied live, or None."""
     keys = [f"{section}.{f}" for section, fields in RESTART_KEYS.items()
             for f in fields if getattr(getattr(old, section), f) != getattr(getattr(new, section), f)]
+    olds, news = old.transports, new.transports
+    if len(olds) != len(news):
+        keys.append(f"transport (from {len(olds)} entries to {len(news)})")
+    else:
+        keys += [f"transport[{i}].{f}" for i, (o, n) in enumerate(zip(olds, news)) if i
+                 for f in RESTART_KEYS["transport"] if getattr(o, f) != getattr(n, f)]
     if old.name != new.name:
         keys.append("name")
     if (old.encryption is None) != (new.encryption is None):
@@ -61,8 +71,9 @@ def plan(old, new) -> Plan:
     return Plan(
         log_level=old.log_level != new.log_level,
         link=io.addresses != in_.addresses or io.routes != in_.routes,
-        remote=old.transport.remote != new.transport.remote,
+        remote=[t.remote for t in old.transports] != [t.remote for t in new.transports],
         keys=ne is not None and (oe.keys != ne.keys or oe.peer_public_key != ne.peer_public_key),
         keepalive=old.transport.keepalive != new.transport.keepalive,
         allowed_ips=ne is not None and oe.allowed_ips != ne.allowed_ips,
+        failback=old.failback != new.failback,
     )
