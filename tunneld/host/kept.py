@@ -126,17 +126,27 @@ def load(path: str) -> Kept | None:
 
 
 def save(path: str, k: Kept) -> None:
-    """Rewrite in place (the daemon may no longer create files in the folder
-    after dropping root); no file when nothing is kept. OSError propagates."""
-    if not k:
-        try:
+    """Replace the file (no file when nothing is kept). Mode 0644 whatever the
+    umask: root reads it at the next start without DAC_OVERRIDE, also when it
+    belongs to the run_as user. After the privilege drop the folder is no longer
+    ours: then the file, handed to that user at start, is rewritten in place.
+    OSError propagates."""
+    text = dumps(k) if k else ""
+    try:
+        if not k:
             forget(path)
             return
-        except PermissionError:  # a folder that is root's: an empty file says the same
-            pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        new = f"{path}.new"
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except PermissionError:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)  # an empty file: nothing kept
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return
     with os.fdopen(fd, "w") as f:
-        f.write(dumps(k) if k else "")
+        os.fchmod(f.fileno(), 0o644)
+        f.write(text)
+    os.replace(new, path)
 
 
 def forget(path: str) -> None:
