@@ -109,6 +109,16 @@ def test_the_next_start_adopts_what_was_kept_and_a_real_stop_then_removes_it(tmp
     assert keptmod.load(path) is None
 
 
+def test_rules_and_guards_found_without_the_file_are_ours_too(tmp_path):
+    """The file is gone (an older tunneld was killed, /run was cleaned): our mark's
+    rules and guards are still recognised, and a real stop removes them."""
+    nl, path = Nl(), tmp_path / "t.kept"
+    full(nl, str(path)).leave()
+    path.unlink()
+    full(nl, str(path)).undo()
+    assert nl.rules_ == [] and not GUARDS & nl.routes_
+
+
 def test_a_failed_start_leaves_what_a_predecessor_kept_but_not_what_it_added_itself(tmp_path):
     nl, path = Nl(), str(tmp_path / "t.kept")
     full(nl, path, routes=(V4,)).leave()  # the predecessor: IPv4 only
