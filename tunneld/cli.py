@@ -1,6 +1,7 @@
 """Command line: `tunneld --config FILE`, `tunneld check FILE`, `tunneld --version`,
 WireGuard-style keys: `tunneld genkey`, `tunneld pubkey` (stdin to stdout), `tunneld genpsk`,
 `tunneld status [NAME] [--json]`, `tunneld reload NAME`, `tunneld import wg0.conf -o FILE`,
+`tunneld down NAME` (remove what a stopped tunnel kept for a restart),
 and persistent devices: `tunneld mktun`, `tunneld rmtun`.
 
 Exit codes: 0 after an orderly stop, 1 when the system refuses us at start
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     reload = sub.add_parser("reload", help="make a running tunnel re-read its config; waits for the outcome")
     reload.add_argument("name", metavar="NAME", help="the instance: london for london.yaml (or its name: key)")
+    down = sub.add_parser("down", help="after a stop, remove what the tunnel kept for a restart "
+                          "(the full tunnel's rules and unreachable routes, what is on a persistent device)")
+    down.add_argument("name", metavar="NAME", help="the instance: london for london.yaml (or its name: key)")
+    down.add_argument("--unless-restarting", action="store_true",
+                      help="for the systemd unit's ExecStopPost=: keep it when systemd restarts the service "
+                      "or the service failed")
     imp = sub.add_parser("import", help="turn a wg-quick config into a WireGuard-compatible tunneld config")
     imp.add_argument("wg_conf", metavar="WG_CONF", help="the wg-quick file, like /etc/wireguard/wg0.conf")
     imp.add_argument("--output", "-o", metavar="FILE", required=True,
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         return _tun_admin(args)
     if args.command == "reload":
         return _reload(args.name)
+    if args.command == "down":
+        from tunneld.service import down
+        return down.main(args.name, args.unless_restarting)
     if args.command == "import":
         from tunneld.config import wgquick
         return wgquick.main(args.wg_conf, args.output)

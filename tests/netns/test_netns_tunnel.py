@@ -10,6 +10,7 @@
 """
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -184,9 +185,11 @@ def routes(lab, ns, dev):
     return [r["dst"] for r in json.loads(out) + json.loads(out6) if not r["dst"].startswith("fe80")]
 
 
-def test_sigterm_leaves_nothing_behind(lab, sites):
+def test_sigterm_leaves_nothing_behind_but_what_a_restart_needs(lab, sites):
     """f. After SIGTERM: a created device is gone with its addresses and routes; a
-    persistent device stays, back as we found it (MTU, no addresses, no routes, down)."""
+    persistent device stays, and keeps them for a restart; after `tunneld down`,
+    the real stop's last step, it is back as we found it (MTU, no addresses, no
+    routes, down)."""
     a, b = sites
     name = lab.name("tdt")
     d = lab.daemon(a, site(name, 1, "udp", listen=True, remote=True, extra="  routes: [192.168.20.0/24, \"fd20::/64\"]"))
@@ -211,6 +214,11 @@ def test_sigterm_leaves_nothing_behind(lab, sites):
     assert addresses(lab, a, pname) == ["10.8.8.8", "10.9.0.1", "fd09::1"]
     assert "192.168.30.0/24" in lab.ip(a, "route", "show", "dev", pname).stdout  # there, so its absence below means something
     assert d.stop() == 0
+    assert addresses(lab, a, pname) == ["10.8.8.8", "10.9.0.1", "fd09::1"]  # kept for a restart
+    assert "192.168.30.0/24" in lab.ip(a, "route", "show", "dev", pname).stdout
+    down = lab.run(a, sys.executable, "-m", "tunneld", "down", d.config.stem,
+                   env={**os.environ, "RUNTIME_DIRECTORY": str(lab.tmp / "run")})
+    assert f"removed 2 addresses and 1 route on {pname}" in down.stdout, down.stdout
     assert addresses(lab, a, pname) == ["10.8.8.8"]
     assert routes(lab, a, pname) == ["10.8.8.8"] or routes(lab, a, pname) == []
     assert "192.168.30.0" not in lab.ip(a, "route").stdout

@@ -32,6 +32,15 @@ def test_route_round_trip(net, table):
     assert rtnl.parse_route(rtnl.route_body(9, route)) == (9, route)
 
 
+@pytest.mark.parametrize("net", ["0.0.0.0/0", "::/0"])
+def test_unreachable_route_round_trip_keeps_its_metric_and_names_no_device(net):
+    route = Route(ipaddress.ip_network(net), 51820, unreachable=True, metric=routing.GUARD_METRIC)
+    body = rtnl.route_body(9, route)
+    assert body[7] == rtnl.RTN_UNREACHABLE and rtnl.RTA_OIF not in rtnl.attributes(body, 12)
+    assert rtnl.parse_route(body) == (None, route)
+    assert str(route) == f"unreachable {net} table 51820 metric 4294967295"
+
+
 @pytest.mark.parametrize("rule", [Rule(4, 51820, fwmark=51820, invert=True), Rule(6, RT_TABLE_MAIN, suppress_prefixlength=0)])
 def test_rule_round_trip(rule):
     assert rtnl.parse_rule(rtnl.rule_body(rule)) == rule
@@ -93,8 +102,12 @@ def nets(*texts):
 
 def test_a_default_route_goes_to_the_mark_table_with_two_rules_per_family():
     routes = nets("0.0.0.0/0", "::/0", "192.168.7.0/24")
-    assert routing.routes(routes, 51820) == (Route(nets("0.0.0.0/0")[0], 51820), Route(nets("::/0")[0], 51820),
+    v4, v6 = nets("0.0.0.0/0", "::/0")
+    guard = dict(unreachable=True, metric=routing.GUARD_METRIC)
+    assert routing.routes(routes, 51820) == (Route(v4, 51820, **guard), Route(v6, 51820, **guard),  # beneath
+                                             Route(v4, 51820), Route(v6, 51820),
                                              Route(nets("192.168.7.0/24")[0], RT_TABLE_MAIN))
+    assert routing.routes(nets("192.168.7.0/24"), 51820) == (Route(nets("192.168.7.0/24")[0], RT_TABLE_MAIN),)
     assert routing.rules(routes, 51820) == (
         Rule(4, 51820, fwmark=51820, invert=True), Rule(4, RT_TABLE_MAIN, suppress_prefixlength=0),
         Rule(6, 51820, fwmark=51820, invert=True), Rule(6, RT_TABLE_MAIN, suppress_prefixlength=0))

@@ -300,13 +300,16 @@ KEYS: tuple[Key, ...] = (
         "Routes through the device. 0.0.0.0/0 or ::/0 sends everything through the tunnel (full tunnel): "
         "the default route goes into table transport.fwmark, with the rules `not fwmark M table M` and "
         "`table main suppress_prefixlength 0`, so the tunnel's own packets keep the underlay path to the peer "
-        "wherever it roams. All of it is removed at stop. Adding the first /0 route, or removing the last, "
+        "wherever it roams, and an unreachable default route in that table beneath the device's, so that nothing "
+        "leaks while no daemon runs. A restart keeps the rules and unreachable routes; a real stop removes them "
+        "(`systemctl stop`, `tunneld down NAME`, Ctrl-C). Adding the first /0 route, or removing the last, "
         "changes transport.fwmark and so needs a restart."),
     Key("interface.mac", "string", "random", False, "The MAC address of a tap device, quoted: '02:00:00:00:00:01'."),
     Key("interface.bridge", "string", "none", False, "A bridge the tap device joins (it must exist)."),
     Key("interface.persistent", "boolean", "false", False,
-        "Attach to a device made with `tunneld mktun` (needs interface.name); it outlives the daemon, and "
-        "everything tunneld changed on it is undone at stop."),
+        "Attach to a device made with `tunneld mktun` (needs interface.name); it outlives the daemon. What tunneld "
+        "put on it (addresses, routes, link state) stays across a restart and is undone at a real stop "
+        "(`systemctl stop`, `tunneld down NAME`, Ctrl-C)."),
     Key("interface.clamp_mss", "boolean", "true for tun, and for tap over udp", False,
         "Rewrite the MSS of TCP SYNs crossing the tunnel so their segments need no fragmentation: to fit the "
         "interface's MTU (tun); for frames bridged over UDP (tap), to fit a 1500-byte underlay whole, "

@@ -5,7 +5,7 @@
 #    source ~/.local/share/bash_completion/tunneld
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_tunneld_subparsers=(check genkey pubkey genpsk status reload import mktun rmtun)
+_shtab_tunneld_subparsers=(check genkey pubkey genpsk status reload down import mktun rmtun)
 
 _shtab_tunneld_check_option_strings=(-h --help --config -c)
 _shtab_tunneld_genkey_option_strings=(-h --help)
@@ -13,6 +13,7 @@ _shtab_tunneld_pubkey_option_strings=(-h --help)
 _shtab_tunneld_genpsk_option_strings=(-h --help)
 _shtab_tunneld_status_option_strings=(-h --help --json)
 _shtab_tunneld_reload_option_strings=(-h --help)
+_shtab_tunneld_down_option_strings=(-h --help --unless-restarting)
 _shtab_tunneld_import_option_strings=(-h --help --output -o)
 _shtab_tunneld_mktun_option_strings=(-h --help --mode --user --group --multi-queue)
 _shtab_tunneld_rmtun_option_strings=(-h --help)
@@ -21,7 +22,7 @@ _shtab_tunneld_option_strings=(-h --help --version --config -c --log-level -v --
 
 
 _shtab_tunneld_mktun___mode_choices=(tun tap)
-_shtab_tunneld_pos_0_choices=(check genkey pubkey genpsk status reload import mktun rmtun)
+_shtab_tunneld_pos_0_choices=(check genkey pubkey genpsk status reload down import mktun rmtun)
 _shtab_tunneld___log_level_choices=(debug info warning error)
 
 _shtab_tunneld_check__h_nargs=0
@@ -37,6 +38,9 @@ _shtab_tunneld_status___help_nargs=0
 _shtab_tunneld_status___json_nargs=0
 _shtab_tunneld_reload__h_nargs=0
 _shtab_tunneld_reload___help_nargs=0
+_shtab_tunneld_down__h_nargs=0
+_shtab_tunneld_down___help_nargs=0
+_shtab_tunneld_down___unless_restarting_nargs=0
 _shtab_tunneld_import__h_nargs=0
 _shtab_tunneld_import___help_nargs=0
 _shtab_tunneld_mktun__h_nargs=0

@@ -15,6 +15,17 @@ so the LAN stays reachable; what main has no specific route for goes to table
 M and into the tunnel. Rules are added in that order without a priority: the
 kernel numbers each new one below the last, so the suppress rule is tried first.
 
+Beneath the device's default route, table M also gets a guard:
+
+    ip route add unreachable 0.0.0.0/0 table M metric 4294967295
+
+While the device is there its route wins (the lower metric); when the device
+goes (the daemon killed, crashed or restarting, the link down) the guard is
+what is left, and a packet meant for the tunnel gets "no route to host"
+instead of falling through to main's default route in clear. The guard and
+the rules are the full tunnel's kill switch: they outlive the daemon and only
+a real stop removes them (`tunneld down`, netconf.py).
+
 Other routes go into the main table as they are. A set of them that contains
 the peer's own address (0.0.0.0/1 + 128.0.0.0/1, OpenVPN's def1 without its
 host route) would send the tunnel's packets into the tunnel: `captures` finds it.
@@ -27,6 +38,7 @@ import ipaddress
 from tunneld.host.rtnl import RT_TABLE_MAIN, Route, Rule
 
 FULL_TUNNEL_MARK = 51820  # wg-quick's default fwmark and table number
+GUARD_METRIC = 0xFFFFFFFF  # the largest: beneath any route for the same net (IPv6 ones default to 1024)
 
 
 def is_default(net) -> bool:
@@ -38,8 +50,23 @@ def full_tunnel(routes) -> bool:
 
 
 def routes(nets, fwmark: int | None) -> tuple[Route, ...]:
-    """The routes through our device: a default route in table `fwmark`, the rest in main."""
-    return tuple(Route(n, fwmark if is_default(n) and fwmark is not None else RT_TABLE_MAIN) for n in nets)
+    """The guards, then the routes through our device: a default route in table
+    `fwmark` (above its guard), the rest in main."""
+    return guards(nets, fwmark) + tuple(Route(n, fwmark if is_default(n) and fwmark is not None else RT_TABLE_MAIN)
+                                        for n in nets)
+
+
+def guards(nets, fwmark: int | None) -> tuple[Route, ...]:
+    """An unreachable default route in table `fwmark` for each family that has a
+    default route through the tunnel: where its packets go while no device is."""
+    if fwmark is None:
+        return ()
+    return tuple(Route(n, fwmark, unreachable=True, metric=GUARD_METRIC) for n in nets if is_default(n))
+
+
+def is_guard(x) -> bool:
+    """A rule or guard route: the part of a full tunnel that a restart keeps."""
+    return isinstance(x, Rule) or (isinstance(x, Route) and x.unreachable)
 
 
 def rules(nets, fwmark: int | None) -> tuple[Rule, ...]:

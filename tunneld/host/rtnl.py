@@ -38,14 +38,14 @@ RTMGRP_LINK = 0x1  # multicast group: link changes (up, down, renamed, gone)
 # attributes
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
+RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
 FRA_PRIORITY, FRA_FWMARK, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_FWMASK = 6, 10, 14, 15, 16
 
 IFF_UP = 0x1
 RT_TABLE_UNSPEC, RT_TABLE_MAIN = 0, 254
 RTPROT_BOOT = 3  # what `ip route add` gives a route
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
-RTN_UNICAST = 1
+RTN_UNICAST, RTN_UNREACHABLE = 1, 7
 FR_ACT_TO_TBL = 1
 FIB_RULE_INVERT = 0x2
 
@@ -143,12 +143,23 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 @dataclass(frozen=True)
 class Route:
-    """A route through our device: `net` in routing table `table`."""
+    """A route through our device: `net` in routing table `table`; or, with
+    `unreachable`, one through no device that answers "no route to host" (what
+    `ip route add unreachable NET table T metric M` makes). A route through the
+    device takes the kernel's default metric (None here); an unreachable one
+    names its own, so that it can lie beneath a device route for the same net."""
     net: Network
     table: int = RT_TABLE_MAIN
+    unreachable: bool = False
+    metric: int | None = None
 
     def __str__(self) -> str:
-        return str(self.net) if self.table == RT_TABLE_MAIN else f"{self.net} table {self.table}"
+        words = (["unreachable"] if self.unreachable else []) + [str(self.net)]
+        if self.table != RT_TABLE_MAIN:
+            words.append(f"table {self.table}")
+        if self.metric is not None:
+            words.append(f"metric {self.metric}")
+        return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -187,13 +198,20 @@ def address_body(index: int, address: Interface) -> bytes:
 
 
 def route_body(index: int, route: Route, delete: bool = False) -> bytes:
+    """`index` is the device's; an unreachable route has none and ignores it."""
     net = route.net
     v4 = net.version == 4
-    scope = RT_SCOPE_NOWHERE if delete else (RT_SCOPE_LINK if v4 else RT_SCOPE_UNIVERSE)
+    if delete:
+        scope = RT_SCOPE_NOWHERE
+    else:
+        scope = RT_SCOPE_LINK if v4 and not route.unreachable else RT_SCOPE_UNIVERSE
     table = route.table if route.table < 256 else RT_TABLE_UNSPEC
-    head = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, table, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+    kind = RTN_UNREACHABLE if route.unreachable else RTN_UNICAST
+    head = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, table, RTPROT_BOOT, scope, kind, 0)
     dst = attr(RTA_DST, net.network_address.packed) if net.prefixlen else b""
-    return head + dst + u32(RTA_OIF, index) + u32(RTA_TABLE, route.table)
+    oif = b"" if route.unreachable else u32(RTA_OIF, index)
+    metric = u32(RTA_PRIORITY, route.metric) if route.metric is not None else b""
+    return head + dst + oif + metric + u32(RTA_TABLE, route.table)
 
 
 def rule_body(rule: Rule) -> bytes:
@@ -263,12 +281,15 @@ def parse_address(body: bytes) -> tuple[int, Interface] | None:
 
 
 def parse_route(body: bytes) -> tuple[int | None, Route] | None:
-    """(output interface index, route) of an RTM_NEWROUTE; None for other kinds."""
+    """(output interface index, route) of an RTM_NEWROUTE; None for kinds other
+    than unicast and unreachable. An unreachable route's index is None (IPv6
+    names the loopback device for it) and its metric is kept; a unicast route's
+    metric is left out (it is the kernel's default for ours)."""
     if len(body) < _RTMSG.size:
         return None
     family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(body)
     version = _version(family)
-    if version is None or kind != RTN_UNICAST:
+    if version is None or kind not in (RTN_UNICAST, RTN_UNREACHABLE):
         return None
     a = attributes(body, _RTMSG.size)
     width = 4 if version == 4 else 16
@@ -279,7 +300,10 @@ def parse_route(body: bytes) -> tuple[int | None, Route] | None:
         net = ipaddress.ip_network((ipaddress.ip_address(raw), dst_len))
     except ValueError:
         return None
-    return _get_u32(a, RTA_OIF), Route(net, _get_u32(a, RTA_TABLE) or table)
+    table = _get_u32(a, RTA_TABLE) or table
+    if kind == RTN_UNREACHABLE:
+        return None, Route(net, table, unreachable=True, metric=_get_u32(a, RTA_PRIORITY) or 0)
+    return _get_u32(a, RTA_OIF), Route(net, table)
 
 
 def parse_rule(body: bytes) -> Rule | None:
@@ -367,12 +391,13 @@ class Netlink:
         self.request(RTM_DELADDR, address_body(index, address), f"remove address {address}")
 
     def routes(self, index: int) -> set[Route]:
+        """The routes through device `index`, and every unreachable route (they have no device)."""
         found = []
         for family in (socket.AF_INET, socket.AF_INET6):
             head = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
             found += self.dump(RTM_GETROUTE, head, "list routes")
         parsed = (parse_route(m.body) for m in found if m.kind == RTM_NEWROUTE)
-        return {p[1] for p in parsed if p is not None and p[0] == index}
+        return {p[1] for p in parsed if p is not None and (p[0] == index or p[1].unreachable)}
 
     def add_route(self, index: int, route: Route) -> None:
         self.request(RTM_NEWROUTE, route_body(index, route), f"add route {route}", NLM_F_CREATE | NLM_F_EXCL)

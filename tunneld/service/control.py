@@ -35,6 +35,17 @@ def socket_path(name: str, directory: str | None = None) -> str:
     return os.path.join(directory or runtime_dir(), f"{name}.sock")
 
 
+def kept_path(name: str, directory: str | None = None) -> str:
+    """What a stopped tunnel kept in the kernel (host/kept.py), for `tunneld down`."""
+    return os.path.join(directory or runtime_dir(), f"{name}.kept")
+
+
+def running(name: str) -> bool:
+    """A daemon answers on the tunnel's control socket."""
+    path = socket_path(name)
+    return os.path.exists(path) and _alive(path)
+
+
 class ControlServer:
     def __init__(self, path: str, snapshot: Callable[[], dict], reload: Callable[[], Awaitable[dict]] | None = None):
         self.path, self.snapshot, self.reload = path, snapshot, reload

@@ -1,6 +1,8 @@
 """The daemon's lifecycle: open and configure the device, bind the transport,
 run the up hooks, drop privileges, tell systemd READY=1; relay until
-SIGTERM/SIGINT, reload on SIGHUP; then undo everything in reverse order.
+SIGTERM/SIGINT, reload on SIGHUP; then undo everything in reverse order,
+but for what keeps the tunnel's traffic from leaking until the next start
+(host/kept.py): SIGTERM and a fatal error leave that, SIGINT removes it.
 
 This is the thin asyncio side: it owns the loop, the fds and the signals;
 the packet logic lives in the core (`tunnel.py`) and the relay (`relay.py`).
@@ -79,15 +81,18 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._watch: rtnl.LinkWatch | None = None
         self._link_up = True
+        self.real_stop = False
 
-    def stop(self, reason: str, code: int = 0) -> None:
+    def stop(self, reason: str, code: int = 0, real: bool = False) -> None:
+        """`real`: a real stop (Ctrl-C), which removes what a restart keeps."""
         if not self.stopping.done():
+            self.real_stop = real
             self.stopping.set_result((reason, code))
 
     async def run(self) -> int:
         loop, cfg = self.loop, self.cfg
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, sig.name)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT", 0, True)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         icfg, tcfg = cfg.interface, cfg.transport
         code = 1
@@ -104,7 +109,10 @@ class Daemon:
             elif icfg.offload:
                 log.warning("%s: offloads off, one packet per read: %s", device.name, device.fallback)
             session = make_session(cfg, offload=device.vnet)
-            self.link = LinkSetup(device.name, persistent=icfg.persistent)
+            # what a predecessor kept is adopted, unless the name is taken (the control
+            # socket refuses this start below; the file is the running daemon's)
+            kept_path = None if control.running(cfg.name) else control.kept_path(cfg.name)
+            self.link = LinkSetup(device.name, persistent=icfg.persistent, kept_path=kept_path)
             undo.callback(self._undo_link)
             self.link.apply(icfg, tcfg.fwmark)
             self._watch_link()
@@ -144,6 +152,8 @@ class Daemon:
             if uid_gid is not None:
                 if ctl.server is not None:
                     ctl.chown(*uid_gid)
+                if kept_path and cfg.run_as.keep_net_admin and os.path.exists(kept_path):
+                    os.chown(kept_path, *uid_gid)  # a reload rewrites it
                 privileges.drop(*uid_gid, cfg.run_as.keep_net_admin)
                 self.can_net_admin = privileges.has_net_admin()
                 log.info("running as %s:%s, %s", cfg.run_as.user, cfg.run_as.group or "(primary group)",
@@ -195,11 +205,23 @@ class Daemon:
         self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self.relay.timer_fired)
 
     def _undo_link(self) -> None:
-        pending = self.link.pending_undo()
-        if pending and not self.can_net_admin:
-            log.warning("%s: no CAP_NET_ADMIN left to undo %d changes", self.device.name, pending)
-        self.link.undo()
-        self.link.close()
+        """A real stop undoes; a stop for a restart (SIGTERM, a fatal error) leaves
+        what guards the tunnel's traffic; a failed start leaves what a predecessor kept."""
+        link, name = self.link, self.device.name
+        if not self.stopping.done():
+            link.undo(spare=link.spare_at_failed_start())
+        elif self.real_stop:
+            pending = link.pending_undo()
+            if pending and not self.can_net_admin:
+                log.warning("%s: no CAP_NET_ADMIN left to undo %d changes: 'tunneld down %s' as root removes them",
+                            name, pending, self.cfg.name)
+            link.undo()
+        else:
+            kept = link.leave()
+            if kept:
+                log.info("%s: kept for a restart: %s ('tunneld down %s' removes them)", name, kept.describe(),
+                         self.cfg.name)
+        link.close()
 
     def _warn_captured(self) -> None:
         """Routes that would carry the tunnel's own packets into the tunnel."""
