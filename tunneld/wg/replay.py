@@ -26,6 +26,12 @@ class ReplayWindow:
         """True (and remembered) if `counter` is new, inside the window and below `limit`."""
         if counter >= limit:
             return False
+        last = self.last
+        if counter > last and counter >> BLOCK_BIT_LOG == last >> BLOCK_BIT_LOG:
+            # in order, within the newest block (most messages): nothing to clear, nothing seen past it
+            self.last = counter
+            self.ring[(counter >> BLOCK_BIT_LOG) & BLOCK_MASK] |= 1 << (counter & BIT_MASK)
+            return True
         index_block = counter >> BLOCK_BIT_LOG
         if counter > self.last:  # move the window forward, clearing the blocks it passes
             current = self.last >> BLOCK_BIT_LOG
