@@ -77,7 +77,7 @@ BAD = [
     ("bare IPv6", edit('"192.0.2.1:55555"', '"2001:db8::1:55555"'),
      "site-a.yaml:10: transport.remote: expected host:port, got '2001:db8::1:55555'"),
     ("unknown top-level key", GOOD + "colour: blue\n",
-     "site-a.yaml:13: colour: unknown key (expected one of: encryption, hooks, interface, log_level, metrics, name, run_as, transport)"),
+     "site-a.yaml:13: colour: unknown key (expected one of: encryption, hooks, interface, log_level, metrics, name, peer_timeout, run_as, transport)"),
     ("unknown interface key", edit("  mtu: 1420\n", "  mtu: 1420\n  txqueuelen: 500\n"),
      "site-a.yaml:5: interface.txqueuelen: unknown key (expected one of: addresses, bridge, clamp_mss, mac, mode, mtu, name, offload, persistent, routes)"),
     ("missing transport", GOOD.replace("transport:\n  protocol: udp\n  listen: \"0.0.0.0:55555\"\n  remote: \"192.0.2.1:55555\"\n", ""),

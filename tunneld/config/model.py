@@ -74,6 +74,9 @@ class RunAs:
 class Hooks:
     up: tuple[str, ...] = ()  # shell commands run after the device is up
     down: tuple[str, ...] = ()  # and before it goes down
+    peer_up: tuple[str, ...] = ()  # the peer is heard from, first or again
+    peer_down: tuple[str, ...] = ()  # nothing from it for peer_timeout, or its TCP connection lost
+    endpoint_changed: tuple[str, ...] = ()  # the address the tunnel sends to moved
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Config:
     hooks: Hooks = Hooks()
     metrics: Endpoint | None = None  # Prometheus text on http://listen/metrics
     name_key: str | None = None  # `name:` as written; None: the file's stem
+    peer_timeout: int = 180  # s without anything accepted from the peer before it counts as down
 
     @property
     def name(self) -> str:

@@ -35,6 +35,8 @@ _HELP = [
     ("super_packets_written_total", "counter", "super-packets written to the device (whole from the peer, or joined)",
      lambda s: s.get("super_writes", 0)),
     ("reconnects_total", "counter", "TCP connections re-established", lambda s: s["reconnects"]),
+    ("peer_up", "gauge", "1 while the peer is up (heard from within peer_timeout), else 0; transport: udp or tcp",
+     lambda s: int(s["peer_state"] == "up")),
     ("last_handshake_seconds", "gauge", "Seconds since the last handshake (absent: never)", lambda s: s["last_handshake_seconds_ago"]),
     ("uptime_seconds", "gauge", "Seconds since start", lambda s: s["uptime_seconds"]),
     ("metrics_clients_evicted_total", "counter", "Metrics connections closed to make room for a newer one",
@@ -51,14 +53,17 @@ def label_value(text: str) -> str:
 
 
 def render(st: dict) -> str:
-    label = f'{{name="{label_value(st["name"])}",interface="{label_value(st["interface"])}"}}'
+    labels = f'name="{label_value(st["name"])}",interface="{label_value(st["interface"])}"'
+    # the peer's gauge also says over which transport: a label on it alone, so the
+    # counters' series stay the same whatever carries them
+    peer_labels = f'{labels},transport="{label_value(st["transport_protocol"])}"'
     out = []
     for name, kind, help_text, get in _HELP:
         value = get(st)
         out.append(f"# HELP tunneld_{name} {help_text}")
         out.append(f"# TYPE tunneld_{name} {kind}")
         if value is not None:
-            out.append(f"tunneld_{name}{label} {value}")
+            out.append(f"tunneld_{name}{{{peer_labels if name == 'peer_up' else labels}}} {value}")
     return "\n".join(out) + "\n"
 
 

@@ -2,7 +2,7 @@
 tunnel, and what changed. The daemon owns the running state and applies it.
 
 Live: the peer endpoint, keys and preshared key, keepalive, allowed IPs, log
-level, addresses and routes. Everything else (mode, transport, device name,
+level, addresses and routes, the peer timeout. Everything else (mode, transport, device name,
 MTU, ...) needs a restart: the reload is refused and the old config stays.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 RESTART_KEYS = {
     "interface": ["name", "mode", "mtu", "mac", "bridge", "persistent", "clamp_mss", "offload"],
-    "transport": ["protocol", "listen", "fwmark"],
+    "transport": ["protocol", "listen", "fwmark", "resolve_min", "resolve_max"],
 }
 
 
@@ -25,13 +25,14 @@ class Plan:
     keys: bool = False  # private key, preshared key or peer public key: a new session
     keepalive: bool = False
     allowed_ips: bool = False
+    peer_timeout: bool = False
 
     def changed(self, new) -> list[str]:
         """The names of what changed, for the log and the reload's answer."""
         words = {
             "log_level": f"log_level {new.log_level}", "link": "addresses and routes",
             "remote": f"peer endpoint {new.transport.remote}", "keys": "keys",
-            "keepalive": "keepalive", "allowed_ips": "allowed_ips",
+            "keepalive": "keepalive", "allowed_ips": "allowed_ips", "peer_timeout": f"peer_timeout {new.peer_timeout} s",
         }
         return [text for field, text in words.items() if getattr(self, field)]
 
@@ -65,4 +66,5 @@ def plan(old, new) -> Plan:
         keys=ne is not None and (oe.keys != ne.keys or oe.peer_public_key != ne.peer_public_key),
         keepalive=old.transport.keepalive != new.transport.keepalive,
         allowed_ips=ne is not None and oe.allowed_ips != ne.allowed_ips,
+        peer_timeout=old.peer_timeout != new.peer_timeout,
     )
