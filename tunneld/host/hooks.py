@@ -32,7 +32,8 @@ def environment(name: str, mode: str, mtu: int, addresses, peer, **extra: str) -
     """The daemon's environment and TUNNELD_*; `extra`: more TUNNELD_* for an event hook."""
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env.update(TUNNELD_INTERFACE=name, TUNNELD_MODE=mode, TUNNELD_MTU=str(mtu),
-               TUNNELD_ADDRESSES=" ".join(str(a) for a in addresses), TUNNELD_PEER=peer or "", **extra)
+               TUNNELD_ADDRESSES=" ".join(str(a) for a in addresses), TUNNELD_PEER=peer or "")
+    env.update(extra)  # an event's own, TUNNELD_PEER included (peer_down: where it was)
     return env
 
 
