@@ -21,7 +21,7 @@ SNAPSHOT = {"name": 'we"ird\\na\nme', "interface": "tun0", "mode": "tun", "mtu":
             "rx": {"packets": 1, "bytes": 2, "drops": 3, "errors": 4},
             "tx": {"packets": 5, "bytes": 6, "drops": 7, "errors": 8},
             "auth_failures": 0, "handshakes": 0, "reconnects": 0, "peer_changes": 0,
-            "uptime_seconds": 1.0, "pid": 1}
+            "uptime_seconds": 1.0, "pid": 1, "peer_state": "up", "transport_protocol": "udp"}
 
 
 @settings(max_examples=500)
@@ -66,13 +66,23 @@ async def test_oversize_and_unterminated_requests(tmp_path):
 @given(st.text())
 def test_metric_labels_are_escaped(name):
     text = metrics.render({**SNAPSHOT, "name": name})
-    sample = re.compile(r'\Atunneld_\w+\{name="((?:[^"\\\n]|\\[\\"n])*)",interface="tun0"\} \S+\Z', re.DOTALL)
+    sample = re.compile(r'\Atunneld_\w+\{name="((?:[^"\\\n]|\\[\\"n])*)",interface="tun0"(,transport="udp")?\} \S+\Z',
+                        re.DOTALL)
     for line in text.split("\n")[:-1]:  # the format separates lines by \n only
         if not line.startswith("#"):
             m = sample.match(line)
             assert m, line
             unescaped = re.sub(r'\\(.)', lambda g: {"n": "\n"}.get(g.group(1), g.group(1)), m.group(1))
             assert unescaped == name
+
+
+def test_the_peer_up_gauge_alone_carries_the_transport():
+    text = metrics.render({**SNAPSHOT, "name": "london", "transport_protocol": "tcp"})
+    assert 'tunneld_peer_up{name="london",interface="tun0",transport="tcp"} 1\n' in text
+    assert "# TYPE tunneld_peer_up gauge" in text
+    assert text.count("transport=") == 1  # the counters' series stay the same whatever carries them
+    assert 'tunneld_peer_up{name="london",interface="tun0",transport="tcp"} 0\n' in \
+        metrics.render({**SNAPSHOT, "name": "london", "transport_protocol": "tcp", "peer_state": "down"})
 
 
 def test_status_text_shows_the_attack_counters():

@@ -149,3 +149,23 @@ def test_the_same_as_a_run_as_user():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert p.returncode == 0 and p.stdout == f"uid {nobody.pw_uid} ok\n", p.stdout + p.stderr
+
+
+async def test_event_hooks_run_one_at_a_time_in_order_and_a_failure_does_not_stop_the_next(tmp_path, records):
+    out = tmp_path / "order"
+    runner = hooks.EventHooks()
+    env = hooks.environment("tun0", "tun", 1420, [], "10.77.0.2:55555", TUNNELD_PEER="10.77.0.9:55555",
+                            TUNNELD_EVENT="peer_down")
+    assert env["TUNNELD_PEER"] == "10.77.0.9:55555"  # an event's own value wins
+    runner.add("peer_down", [f"sleep 0.3; echo down $TUNNELD_PEER >> {out}", "exit 4"], env)
+    runner.add("peer_up", [f"echo up >> {out}"], env)
+    runner.add("endpoint_changed", [], env)  # no commands: nothing queued
+    assert len(runner.pending) == 2
+    await asyncio.wait_for(runner._task, 10)
+    assert out.read_text() == "down 10.77.0.9:55555\nup\n"  # the slow one first: never side by side
+    assert "peer_down hook 'exit 4' exited with 4: (no output)" in [r.getMessage() for r in records]
+    for _ in range(hooks.MAX_PENDING + 3):  # bounded: what does not fit is logged and skipped
+        runner.add("peer_up", ["sleep 5"], env)
+    assert len(runner.pending) == hooks.MAX_PENDING
+    runner.close()
+    assert runner.pending == type(runner.pending)()

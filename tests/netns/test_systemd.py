@@ -211,7 +211,7 @@ def test_under_real_systemd(lab, sites):
         london.run("test", "-s", path)
     status = london.run("systemctl", "status", "--no-pager", "tunneld@london").stdout
     assert "active (running)" in status
-    assert re.search(r'Status: "tdsd1 up, peer 10\.77\.0\.2:55555, handshake \d+ s ago"', status), status
+    assert re.search(r'Status: "tdsd1 up, peer 10\.77\.0\.2:55555 up, handshake \d+ s ago"', status), status
     st = json.loads(london.run("tunneld", "status", "london", "--json").stdout)
     assert st["interface"] == "tdsd1" and st["peer"] == "10.77.0.2:55555" and st["encryption"] == "tunneld"
     assert st["handshakes"] >= 1 and st["tx"]["packets"] > 0 and st["last_handshake_seconds_ago"] is not None

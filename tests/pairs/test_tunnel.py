@@ -8,6 +8,7 @@ from tunneld.conn.memory import MemoryNetwork
 from tunneld.core.clock import FakeClock
 from tunneld.tun.memory import MemoryDevice
 from tunneld.core.tunnel import Tunnel
+from tunneld.core.events import EndpointChanged, StreamChanged
 from tests.packets import ethernet, ipv4_udp, ipv6_udp
 
 A, B = ("10.77.0.1", 55555), ("10.77.0.2", 55555)
@@ -189,7 +190,11 @@ def test_stream_peer_up_and_down():
     core.transport_down()
     core.transport_up(("10.77.0.1", 40001))
     assert core.counters.reconnects == 1
-    assert [e.peer for e in iter(core.next_event, None)] == [("10.77.0.1", 40000), None, ("10.77.0.1", 40001)]
+    events = list(iter(core.next_event, None))
+    assert [e.peer for e in events if isinstance(e, StreamChanged)] == [("10.77.0.1", 40000), None, ("10.77.0.1", 40001)]
+    # the second stream comes from another port: the endpoint moved (not at the first: nothing was known)
+    assert [(e.old, e.new, e.why) for e in events if isinstance(e, EndpointChanged)] == \
+        [(("10.77.0.1", 40000), ("10.77.0.1", 40001), "stream")]
 
 
 def test_both_sessions_keep_the_session_contract():

@@ -25,6 +25,15 @@ log_level: info
 """
 
 
+def test_event_hooks_peer_timeout_and_resolve_intervals():
+    cfg = parse(GOOD, "site-a.yaml")
+    assert (cfg.peer_timeout, cfg.transport.resolve_min, cfg.transport.resolve_max) == (180, 5, 300)
+    text = GOOD.replace('  remote: "192.0.2.1:55555"\n', '  remote: "vpn.example:55555"\n  resolve_min: 2\n  resolve_max: 60\n')
+    cfg = parse(text + "peer_timeout: 30\nhooks: {peer_up: [a], peer_down: [b, c], endpoint_changed: [d]}\n")
+    assert (cfg.peer_timeout, cfg.transport.resolve_min, cfg.transport.resolve_max) == (30, 2, 60)
+    assert (cfg.hooks.peer_up, cfg.hooks.peer_down, cfg.hooks.endpoint_changed) == (("a",), ("b", "c"), ("d",))
+
+
 def test_good_config():
     cfg = parse(GOOD, "site-a.yaml")
     assert cfg.interface.name == "tun0"
@@ -77,7 +86,7 @@ BAD = [
     ("bare IPv6", edit('"192.0.2.1:55555"', '"2001:db8::1:55555"'),
      "site-a.yaml:10: transport.remote: expected host:port, got '2001:db8::1:55555'"),
     ("unknown top-level key", GOOD + "colour: blue\n",
-     "site-a.yaml:13: colour: unknown key (expected one of: encryption, hooks, interface, log_level, metrics, name, run_as, transport)"),
+     "site-a.yaml:13: colour: unknown key (expected one of: encryption, hooks, interface, log_level, metrics, name, peer_timeout, run_as, transport)"),
     ("unknown interface key", edit("  mtu: 1420\n", "  mtu: 1420\n  txqueuelen: 500\n"),
      "site-a.yaml:5: interface.txqueuelen: unknown key (expected one of: addresses, bridge, clamp_mss, mac, mode, mtu, name, offload, persistent, routes)"),
     ("missing transport", GOOD.replace("transport:\n  protocol: udp\n  listen: \"0.0.0.0:55555\"\n  remote: \"192.0.2.1:55555\"\n", ""),
@@ -144,6 +153,15 @@ BAD = [
      "site-a.yaml:10: encryption.wireguard_compatible: WireGuard carries IP packets over UDP: needs transport.protocol udp and interface.mode tun"),
     ("allowed_ips on tap", edit("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}', allowed_ips: [10.0.0.0/8]}}").replace("mode: tun", "mode: tap"),
      "site-a.yaml:11: encryption.allowed_ips: applies to IP packets: needs interface.mode tun"),
+    ("peer timeout too short", GOOD + "peer_timeout: 5\n", "site-a.yaml:13: peer_timeout: expected 10 to 86400 seconds, got 5"),
+    ("peer timeout as text", GOOD + "peer_timeout: 3m\n",
+     "site-a.yaml:13: peer_timeout: expected an integer, got a string '3m'"),
+    ("resolve floor above the ceiling", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  resolve_min: 60\n  resolve_max: 30\n'),
+     "site-a.yaml:11: transport.resolve_min: 60 s is more than transport.resolve_max, 30 s"),
+    ("resolve ceiling out of range", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  resolve_max: 0\n'),
+     "site-a.yaml:11: transport.resolve_max: expected 1 to 86400 seconds, got 0"),
+    ("event hook not a list", GOOD + "hooks: {peer_down: 'logger down'}\n",
+     "site-a.yaml:13: hooks.peer_down: expected a list, got a string"),
     ("keepalive without encryption", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  keepalive: 25\n'),
      "site-a.yaml:11: transport.keepalive: needs encryption: plaintext has no keepalive message"),
     ("keepalive out of range", edit('  remote: "192.0.2.1:55555"\n', '  remote: "192.0.2.1:55555"\n  keepalive: 0\n').replace("encryption: none", f"encryption: {{private_key_file: k, peer_public_key: '{PUB}'}}"),

@@ -75,6 +75,9 @@ class RunAs:
 class Hooks:
     up: tuple[str, ...] = ()  # shell commands run after the device is up
     down: tuple[str, ...] = ()  # and before it goes down
+    peer_up: tuple[str, ...] = ()  # the peer is heard from, first or again
+    peer_down: tuple[str, ...] = ()  # nothing from it for peer_timeout, or its TCP connection lost
+    endpoint_changed: tuple[str, ...] = ()  # the address the tunnel sends to moved
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Config:
     def transports(self) -> tuple[TransportConfig, ...]:
         """Every transport entry, the preferred first (one, unless `transport` is a list)."""
         return (self.transport, *self.fallbacks)
+    peer_timeout: int = 180  # s without anything accepted from the peer before it counts as down
 
     @property
     def name(self) -> str:

@@ -287,6 +287,11 @@ KEYS: tuple[Key, ...] = (
         "The instance name: the control socket is /run/tunneld/NAME.sock and `tunneld status NAME` finds it. "
         "Two tunnels on one machine need two names, even in different network namespaces. "
         "Letters, digits, '.', '_' and '-'. Under tunneld@NAME.service it must be NAME."),
+    Key("peer_timeout", "integer (seconds)", "180", True,
+        "The peer counts as down when nothing from it was accepted (authenticated, when encrypted) for this "
+        "long, 10 to 86400 s, or when its TCP connection is lost; up again with the next packet from it. "
+        "The default is WireGuard's key lifetime: a live peer handshakes within it. An idle tunnel "
+        "without transport.keepalive, and any idle plaintext tunnel, goes down after it (hooks.peer_down)."),
     Key("log_level", "debug | info | warning | error", "info", True,
         "How much goes to the journal. `-v` or `--log-level` on the command line overrides it."),
     Key("interface", "mapping", "", False, "The TUN or TAP device."),
@@ -329,6 +334,14 @@ KEYS: tuple[Key, ...] = (
         "The peer's address: the client side. With encryption, a UDP peer is followed when it roams."),
     Key("transport.keepalive", "integer (seconds)", "none", True,
         "Persistent keepalive, 1 to 65535 s: keeps NAT mappings open (encrypted modes only)."),
+    Key("transport.resolve_min", "integer (seconds)", "5", False,
+        "A host name in transport.remote (udp) is looked up again at most this often, 1 to 86400 s: when a "
+        "handshake goes unanswered on every address it had. Each unanswered handshake first moves to the name's "
+        "next address (IPv6 and IPv4)."),
+    Key("transport.resolve_max", "integer (seconds)", "300", False,
+        "A host name in transport.remote (udp) is looked up again at least this often while the tunnel works, "
+        "1 to 86400 s (the system resolver does not tell a record's TTL), and at every reload. A name that "
+        "does not resolve is asked again after 1 s, doubling to 30 s; the daemon starts without it."),
     Key("transport.fwmark", "integer", "51820 with a /0 route, else none", False,
         "The mark (SO_MARK) on the tunnel's own sockets, like WireGuard's FwMark; with a /0 route also the "
         "number of the full tunnel's routing table."),
@@ -355,6 +368,13 @@ KEYS: tuple[Key, ...] = (
     Key("hooks", "mapping", "none", False, "Shell commands, with TUNNELD_* variables describing the tunnel."),
     Key("hooks.up", "list of strings", "none", False, "Run after the device is up; one failing stops the start."),
     Key("hooks.down", "list of strings", "none", False, "Run before the device goes down."),
+    Key("hooks.peer_up", "list of strings", "none", False,
+        "Run when something from the peer is accepted, the first time and after it was down."),
+    Key("hooks.peer_down", "list of strings", "none", False,
+        "Run when nothing from the peer was accepted for peer_timeout, or its TCP connection is lost."),
+    Key("hooks.endpoint_changed", "list of strings", "none", False,
+        "Run when the address the tunnel sends to moves: the peer roamed, its name resolves elsewhere, "
+        "a reload, a TCP connection from elsewhere. TUNNELD_OLD_ENDPOINT and TUNNELD_NEW_ENDPOINT say where."),
     Key("metrics", "mapping", "none", False, "Prometheus text on http://LISTEN/metrics."),
     Key("metrics.listen", "ip:port", "", False, "Where to serve the metrics."),
 )
@@ -380,6 +400,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
+HOOK_KINDS = ("up", "down", "peer_up", "peer_down", "endpoint_changed")
 _SHOWN_CHARS = 60  # of a value quoted in an error: enough to recognise it, never a screenful
 
 
@@ -486,6 +507,11 @@ class _Reader:
             metrics = self.endpoint(m["listen"], "metrics.listen")
             if not is_ip(metrics.host):
                 raise self.error("metrics.listen", f"expected an IP address to bind, got {_show(metrics.host)}")
+        peer_timeout = 180
+        if "peer_timeout" in top:
+            peer_timeout = self.typed(top["peer_timeout"], "peer_timeout", int)
+            if not 10 <= peer_timeout <= 86400:
+                raise self.error("peer_timeout", f"expected 10 to 86400 seconds, got {_show(peer_timeout)}")
         name = None
         if "name" in top:
             name = self.typed(top["name"], "name", str)
@@ -503,7 +529,7 @@ class _Reader:
                 raise self.error("run_as.keep_net_admin", "transport.fwmark on a TCP client needs CAP_NET_ADMIN "
                                  "to mark every new connection: keep it (true)")
         cfg = Config(interface, transport, encryption, log_level, self.source, run_as, hooks, metrics, name,
-                     fallbacks, failback)
+                     fallbacks, failback, peer_timeout=peer_timeout)
         if encryption is not None and self.read_secret is not None:
             cfg = replace(cfg, encryption=replace(encryption, keys=self.keys(encryption, run_as)))
         return cfg
@@ -520,16 +546,15 @@ class _Reader:
 
     def hooks(self, value: Any) -> Hooks:
         m = self.mapping(value, "hooks", _children("hooks"), set())
-        up = tuple(self.str_list(m.get("up", []), "hooks.up"))
-        down = tuple(self.str_list(m.get("down", []), "hooks.down"))
+        lists = {kind: tuple(self.str_list(m.get(kind, []), f"hooks.{kind}")) for kind in HOOK_KINDS}
         if self.check_file is not None:  # root runs them (the down ones too without run_as): root's alone
-            for kind, commands in (("up", up), ("down", down)):
+            for kind, commands in lists.items():
                 for i, command in enumerate(commands):
                     for path in ownership.named_files(command):
                         why = self.check_file(path)
                         if why is not None:
                             raise self.error(f"hooks.{kind}[{i}]", why)
-        return Hooks(up, down)
+        return Hooks(**lists)
 
     def encryption(self, value: Any) -> EncryptionConfig | None:
         if value == "none":
@@ -743,7 +768,17 @@ class _Reader:
             fwmark = self.typed(m["fwmark"], f"{path}.fwmark", int)
             if not 1 <= fwmark <= 0xFFFFFFFF:
                 raise self.error(f"{path}.fwmark", f"expected 1 to {0xFFFFFFFF}, got {_show(fwmark)}")
-        return TransportConfig(protocol, listen, remote, keepalive, fwmark)
+        resolve = {}
+        for key in ("resolve_min", "resolve_max"):
+            if key in m:
+                resolve[key] = self.typed(m[key], f"{path}.{key}", int)
+                if not 1 <= resolve[key] <= 86400:
+                    raise self.error(f"{path}.{key}", f"expected 1 to 86400 seconds, got {_show(resolve[key])}")
+        transport = TransportConfig(protocol, listen, remote, keepalive, fwmark, **resolve)
+        if transport.resolve_min > transport.resolve_max:
+            raise self.error(f"{path}.resolve_min", f"{transport.resolve_min} s is more than "
+                             f"{path}.resolve_max, {transport.resolve_max} s")
+        return transport
 
 
 def refuse_root(cfg) -> None:
@@ -778,7 +813,7 @@ _PROBE_PRIVATE = bytes([0x40]) + bytes(30) + bytes([0x40])  # any clamped scalar
 
 
 def _is_v6(host: str) -> bool | None:
-    """True/False for an IP literal, None for a host name (resolved at start)."""
+    """True/False for an IP literal, None for a host name (resolved by the daemon)."""
     try:
         return ipaddress.ip_address(host).version == 6
     except ValueError:

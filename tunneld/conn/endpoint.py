@@ -1,5 +1,5 @@
 """Where the underlay's sockets bind and connect: the transport's settings as
-the config states them (host names resolved at start, see sockopts.resolve)."""
+the config states them (host names resolved by the transports and conn/resolver.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class TransportConfig:
     remote: Endpoint | None
     keepalive: int | None = None  # s: persistent keepalive (encrypted modes)
     fwmark: int | None = None  # SO_MARK on our sockets; with a /0 route also the full tunnel's table
+    resolve_min: int = 5  # s: a remote host name is looked up again at most this often (conn/resolver.py)
+    resolve_max: int = 300  # s: and at least this often
 
 
 def is_ip(host: str) -> bool:

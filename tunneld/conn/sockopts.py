@@ -49,6 +49,22 @@ async def resolve(ep: Endpoint, family: int, kind: int) -> tuple[int, tuple]:
     return fam, sockaddr
 
 
+def any_family() -> int:
+    """A socket family for a peer known by name only: IPv6, dual-stack (dual_stack()),
+    so both of the name's families are reachable; IPv4 where the kernel has no IPv6."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError:
+        return socket.AF_INET
+    return socket.AF_INET6
+
+
+def is_dual(sock: socket.socket) -> bool:
+    """An IPv6 socket that reaches IPv4 peers too (as v4-mapped addresses)."""
+    return sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) \
+        and sock.getsockname()[0] in ("::", "::ffff:0.0.0.0")
+
+
 def bind_address(ep: Endpoint, family: int) -> tuple:
     return (ep.host, ep.port, 0, 0) if family == socket.AF_INET6 else (ep.host, ep.port)
 

@@ -125,8 +125,8 @@ class TcpTransport:
         self = cls(cfg, max_frame, on_messages, on_up, on_down, on_error, **kw)
         if cfg.listen is not None:
             self._listen()
-        else:
-            await netaddr.resolve(cfg.remote, self.family, socket.SOCK_STREAM)  # fail fast on a bad name
+        # a client resolves its remote at each connect (_connect_loop): a name that does not
+        # resolve yet is retried with the reconnect backoff, and start-up does not wait for it
         return self
 
     def start_connecting(self) -> None:

@@ -28,7 +28,7 @@ import socket
 import struct
 
 from tunneld.conn import sockopts as netaddr, steering
-from tunneld.conn.endpoint import TransportConfig
+from tunneld.conn.endpoint import TransportConfig, is_ip
 from tunneld.core.contract import Address, OnMessages, Segmented, format_address
 
 from tunneld.packet.limits import MAX_GSO_BYTES, UDP_GSO_MAX_SEGMENTS
@@ -65,13 +65,16 @@ class UdpTransport:
     @classmethod
     async def open(cls, cfg: TransportConfig, on_messages: OnMessages, max_message: int,
                    on_error=None, steer: bool = False) -> tuple["UdpTransport", Address | None]:
-        """Bind and start reading; returns the transport and the resolved remote (or None).
+        """Bind and start reading; returns the transport and the remote (None: none, or a
+        host name, which the caller keeps resolved: conn/resolver.py).
         `steer`: a listener keeps the peer's datagrams apart from strangers' (an
         encrypted session, whose handshakes a stranger can flood; plaintext has none)."""
         family = netaddr.family_of(cfg.listen, cfg.remote)
         remote = None
-        if cfg.remote is not None:
+        if cfg.remote is not None and is_ip(cfg.remote.host):
             family, remote = await netaddr.resolve(cfg.remote, family, socket.SOCK_DGRAM)
+        elif family == socket.AF_UNSPEC:  # a host name, looked up later (conn/resolver.py): reach v6 and v4
+            family = netaddr.any_family()
         strangers = None
         if steer and cfg.listen is not None:
             strangers, sock = _steered_pair(cfg, family)
@@ -86,7 +89,8 @@ class UdpTransport:
             self.strangers = None
         self.start(asyncio.get_running_loop())
         where = format_address(sock.getsockname())
-        log.info("udp: listening on %s%s", where, f", peer {format_address(remote)}" if remote else ", peer learned from the first packet")
+        log.info("udp: listening on %s%s", where, f", peer {format_address(remote)}" if remote else
+                 f", peer {cfg.remote}, resolved in the background" if cfg.remote else ", peer learned from the first packet")
         return self, remote
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

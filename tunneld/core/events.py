@@ -119,6 +119,41 @@ class PeerMoved(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointChanged(Event):
+    """The address the core sends to changed from one to another: the peer roamed,
+    a stream to it came up elsewhere, or the shell set it (its name resolved anew,
+    a reload). Not the first address it learns: that comes with PeerUp."""
+    level: ClassVar[str] = "debug"
+    old: Address
+    new: Address
+    why: str  # "roamed", "stream", or what the shell said ("resolved", "reload")
+
+    def __str__(self) -> str:
+        return f"endpoint {_fmt(self.old)} -> {_fmt(self.new)} ({self.why})"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp(Event):
+    """Something from the peer was accepted (authenticated, when the session can
+    tell), the first time or after PeerDown."""
+    peer: Address
+
+    def __str__(self) -> str:
+        return f"peer {_fmt(self.peer)} is up"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown(Event):
+    """Nothing accepted from the peer for the peer timeout, or its stream was lost."""
+    level: ClassVar[str] = "warning"
+    peer: Address  # where it was last
+    why: str
+
+    def __str__(self) -> str:
+        return f"peer {_fmt(self.peer)} is down: {self.why}"
+
+
+@dataclass(frozen=True, slots=True)
 class StreamChanged(Event):
     """A stream transport's connection to the peer came up (`peer`) or went (None)."""
     level: ClassVar[str] = "debug"

@@ -30,7 +30,7 @@ import dataclasses
 from tunneld.core.counters import Counters, CounterSet
 from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET, Address
 from tunneld.core.contract import format_address as _fmt
-from tunneld.core.events import Notice, OffloadChanged, PeerMoved, StreamChanged
+from tunneld.core.events import EndpointChanged, Notice, OffloadChanged, PeerDown, PeerMoved, PeerUp, StreamChanged
 from tunneld.packet.chunks import salvage
 from tunneld.packet.limits import ETHERNET_HEADER, UNDERLAY_PLAINTEXT, VNET_HEADER
 from tunneld.packet.mss import clamp as clamp_mss
@@ -40,13 +40,16 @@ from tunneld.packet.coalesce import Coalescer
 from tunneld.core.session import NOTHING, Session
 
 LOG_INTERVAL = 10.0  # s: at most one log line per kind of dropped input per interval
+# s without anything accepted from the peer before it counts as down: WireGuard's
+# REJECT_AFTER_TIME, the life of a keypair (a peer that is there rekeys within it)
+PEER_TIMEOUT = 180.0
 
 
 class Tunnel:
     def __init__(self, session: Session, mode: str, max_packet: int, *,
                  endpoint: Address | None = None, pinned: bool = False, allowed_ips=None,
                  clamp: tuple[int, int] | None = None, vnet: bool = False, mtu: int = 0,
-                 stream: bool = False):
+                 stream: bool = False, peer_timeout: float | None = PEER_TIMEOUT):
         """`endpoint`: the peer to send to, if known in advance. `pinned`: accept
         nothing from any other address (plaintext UDP with a configured remote,
         like OpenVPN without --float); otherwise follow the source of every message
@@ -54,7 +57,8 @@ class Tunnel:
         must be in (None: any). `clamp`: (IPv4, IPv6) MSS limits for TCP SYNs
         crossing the tunnel either way (None: leave them alone). `vnet`: device
         buffers start with a virtio header; `mtu`: the interface's; `stream`: the
-        transport carries messages of any size whole (TCP)."""
+        transport carries messages of any size whole (TCP). `peer_timeout`: s
+        without anything accepted from the peer before PeerDown (None: never)."""
         self.session = session
         self.mode = mode
         self.tap = mode == "tap"
@@ -82,6 +86,12 @@ class Tunnel:
         self.had_stream = False
         self.offload_peer = False  # what the last OffloadChanged said
         self._now = float("-inf")  # the time of the last packet from the device
+        # liveness: up from the first message accepted from the peer (authenticated, when
+        # the session can tell) until peer_timeout passes without one or the stream goes
+        self.peer_timeout = peer_timeout
+        self.peer_up = False
+        self._heard = float("-inf")  # when the last accepted message came
+        self._last_endpoint = endpoint  # the last address sent to, None never: EndpointChanged's old
 
     # --- what to do: the one way out ------------------------------------------
 
@@ -107,9 +117,19 @@ class Tunnel:
             self._take_events(self._now)  # what sealing gave rise to (a rekey), if anything
         return self._events.popleft() if self._events else None
 
+    @property
+    def peer_state(self) -> str:
+        """"up", "down" (heard from before, silent or its stream lost since) or "not heard yet"."""
+        return "up" if self.peer_up else ("down" if self._heard > float("-inf") else "not heard yet")
+
     def get_timer(self) -> float | None:
         """When handle_timer() wants calling next, on the caller's clock."""
-        return self.session.get_timer()
+        when = self.session.get_timer()
+        if self.peer_up and self.peer_timeout is not None:
+            silent = self._heard + self.peer_timeout  # moves later with every read: the relay re-arms lazily
+            if when is None or silent < when:
+                return silent
+        return when
 
     # --- device -> network ---------------------------------------------------
 
@@ -191,6 +211,11 @@ class Tunnel:
         if opened.send:
             self._take_replies(opened.send)
         self._take_events(now)
+        if opened.source is not None:  # one write per read, not per packet
+            self._heard = now
+            if not self.peer_up:
+                self.peer_up = True
+                self._events.append(PeerUp(self.endpoint))
         for packet, flags in opened.packets:
             self._check(packet, flags, addr, now)
         partials = session.partials()
@@ -294,10 +319,15 @@ class Tunnel:
     def set_keepalive(self, seconds: float | None) -> None:
         self.session.set_keepalive(seconds)
 
-    def set_endpoint(self, addr: Address | None, pinned: bool) -> None:
-        """The configured peer (start, reload): `pinned`, accept nothing from elsewhere."""
+    def set_endpoint(self, addr: Address | None, pinned: bool, why: str = "reload") -> None:
+        """The configured peer (start, reload, its name resolved anew): `pinned`,
+        accept nothing from elsewhere. `why`: for EndpointChanged."""
+        self._moved(addr, why)
         self.endpoint = addr
         self.pinned = pinned
+
+    def set_peer_timeout(self, seconds: float | None) -> None:
+        self.peer_timeout = seconds
 
     # --- timers --------------------------------------------------------------
 
@@ -310,6 +340,8 @@ class Tunnel:
             if self.coalescer is not None and self.coalescer.out:
                 self._packets.extend(self.coalescer.flush())
         self._take_events(now)
+        if self.peer_up and self.peer_timeout is not None and now >= self._heard + self.peer_timeout:
+            self._down(f"nothing from it for {self.peer_timeout:g} s")
 
     def _salvage(self, partials, addr: Address, now: float) -> None:
         """Super-packets that will never be whole: the segments that lie wholly
@@ -335,6 +367,7 @@ class Tunnel:
         if self.had_stream:
             self.own.reconnects += 1
         self.had_stream = True
+        self._moved(addr, "stream")
         self.endpoint = addr
         self._events.append(StreamChanged(addr))
         if dialled:
@@ -342,6 +375,8 @@ class Tunnel:
             self._take_events(now)
 
     def transport_down(self) -> None:
+        if self.peer_up:
+            self._down("the TCP connection was lost")
         self.endpoint = None
         self._events.append(StreamChanged(None))
 
@@ -413,7 +448,21 @@ class Tunnel:
         if self.endpoint is not None:
             self.own.peer_changes += 1
         self._events.append(PeerMoved(self.endpoint, addr))
+        self._moved(addr, "roamed")
         self.endpoint = addr
+
+    def _moved(self, addr: Address | None, why: str) -> None:
+        """The endpoint becomes `addr`: EndpointChanged when it leaves a known address for another."""
+        if addr is None:
+            return
+        old = self._last_endpoint
+        self._last_endpoint = addr
+        if old is not None and old != addr:
+            self._events.append(EndpointChanged(old, addr, why))
+
+    def _down(self, why: str) -> None:
+        self.peer_up = False
+        self._events.append(PeerDown(self.endpoint if self.endpoint is not None else self._last_endpoint, why))
 
 
 def _partial_at_l4(frame, header: virtio.Header, tap: bool) -> bool:

@@ -1,9 +1,12 @@
-"""up/down hooks, like OpenVPN's --up/--down: shell commands with the tunnel
-described in the environment."""
+"""Hooks, like OpenVPN's --up/--down and tinc's host-up/host-down: shell commands
+with the tunnel described in the environment. up and down run in the daemon's
+start and stop; the event hooks (peer_up, peer_down, endpoint_changed) run one
+at a time, in order, beside the packet path (EventHooks)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -22,11 +25,54 @@ class HookError(Exception):
         super().__init__(f"hook {command!r} exited with {code}")
 
 
-def environment(name: str, mode: str, mtu: int, addresses, peer) -> dict[str, str]:
+MAX_PENDING = 16  # event hooks waiting behind a running one; beyond, new events are logged and skipped
+
+
+def environment(name: str, mode: str, mtu: int, addresses, peer, **extra: str) -> dict[str, str]:
+    """The daemon's environment and TUNNELD_*; `extra`: more TUNNELD_* for an event hook."""
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env.update(TUNNELD_INTERFACE=name, TUNNELD_MODE=mode, TUNNELD_MTU=str(mtu),
                TUNNELD_ADDRESSES=" ".join(str(a) for a in addresses), TUNNELD_PEER=peer or "")
+    env.update(extra)  # an event's own, TUNNELD_PEER included (peer_down: where it was)
     return env
+
+
+class EventHooks:
+    """Event hooks run one at a time, in the order of their events, in a task of
+    their own: the packet path never waits for them. A failing one is logged and
+    the next runs. At most MAX_PENDING wait; close() ends the running one (and
+    what it started) and drops the rest."""
+
+    def __init__(self, timeout: float = HOOK_TIMEOUT):
+        self.timeout = timeout
+        self.pending: collections.deque = collections.deque()
+        self._task: asyncio.Task | None = None
+
+    def add(self, kind: str, commands, env: dict[str, str]) -> None:
+        if not commands:
+            return
+        if len(self.pending) >= MAX_PENDING:
+            log.warning("%s hooks skipped: %d hooks still wait for the one running", kind, len(self.pending))
+            return
+        self.pending.append((kind, commands, env))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event hooks")
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                kind, commands, env = self.pending.popleft()
+                try:
+                    await run(kind, commands, env, self.timeout)
+                except HookError as e:
+                    log.warning("%s hook %r exited with %d: %s", kind, e.command, e.code, e.output or "(no output)")
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        self.pending.clear()
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def run(kind: str, commands, env: dict[str, str], timeout: float = HOOK_TIMEOUT) -> None:

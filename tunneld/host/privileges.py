@@ -6,6 +6,7 @@ capability). capabilities(7), prctl(2), capset(2) through ctypes.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import grp
 import os
@@ -63,6 +64,10 @@ def drop(uid: int, gid: int, keep_net_admin: bool) -> None:
     NoNewPrivileges=."""
     if uid == 0:  # config refuses it first (config.refuse_root); this keeps any other caller honest
         raise StartupError("run_as: uid 0 keeps every capability: name an unprivileged user")
+    # getaddrinfo encodes host names with the idna codec, which Python imports at its first
+    # use: import it now, while root can read the standard library (a lookup as the run_as
+    # user, a TCP connect or a name looked up again, would fail where it cannot)
+    codecs.lookup("idna")
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "PR_SET_NO_NEW_PRIVS")
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())

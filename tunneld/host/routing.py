@@ -87,6 +87,6 @@ def captures(nets, peer: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network |
     try:
         ip = ipaddress.ip_address(peer)
     except ValueError:
-        return None  # a host name: resolved at start, checked then
+        return None  # a host name: checked once resolved
     hits = [n for n in nets if not is_default(n) and n.version == ip.version and ip in n]
     return max(hits, key=lambda n: n.prefixlen) if hits else None

@@ -169,7 +169,9 @@ def query(path: str, timeout: float = 5.0, request: str = "status") -> dict:
 
 
 def format_status(st: dict) -> str:
-    peer = st.get("peer") or "none yet"
+    peer = st.get("peer") or (f"resolving {st['resolving']}" if st.get("resolving") else "none yet")
+    if st.get("peer") and st.get("peer_state"):
+        peer += f", {st['peer_state']} over {st.get('transport_protocol', '?')}"
     hs = st.get("last_handshake_seconds_ago")
     lines = [
         f"{st['name']}: {st['interface']} ({st['mode']}, mtu {st['mtu']}), {st['transport']}, {st['encryption']}",

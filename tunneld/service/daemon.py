@@ -26,6 +26,8 @@ from tunneld.host import hooks, privileges, routing, rtnl
 from tunneld.packet import mss
 from tunneld.conn import sockopts as netaddr
 from tunneld.conn.candidates import Opening
+from tunneld.conn.endpoint import is_ip
+from tunneld.conn.resolver import Resolver
 from tunneld.config import Config
 from tunneld.tun.device import TunTap
 from tunneld.errors import StartupError
@@ -37,7 +39,8 @@ from tunneld.service.reload import plan, restart_needed
 from tunneld.service.sdnotify import Notifier
 from tunneld.service.transport_set import TransportSet, Via
 from tunneld.core.counters import Counters
-from tunneld.core.events import HandshakeCompleted, PeerMoved, StreamChanged
+from tunneld.core.events import (EndpointChanged, HandshakeCompleted, HandshakeRetry, NoReply, PeerDown, PeerMoved,
+                                 PeerUp, StreamChanged)
 from tunneld.core.session import PlaintextSession
 from tunneld.conn.tcp import TcpTransport
 from tunneld.core.tunnel import Tunnel
@@ -49,7 +52,9 @@ from tunneld.wg.primitives import DHError, public_of
 
 log = logging.getLogger("tunneld")
 # events after which STATUS= says something else in short (the peer, the last handshake)
-_STATUS_EVENTS = (HandshakeCompleted, PeerMoved, StreamChanged)
+_STATUS_EVENTS = (HandshakeCompleted, PeerMoved, StreamChanged, PeerUp, PeerDown, EndpointChanged)
+# the session says a handshake to the endpoint went unanswered: a name's next address, or a new lookup
+_UNANSWERED = (HandshakeRetry, NoReply)
 STATUS_INTERVAL = 10.0  # s between STATUS= updates to systemd
 # what a new TCP connection to an encrypted listener must open with: an initiation
 # (type and size; reserved bytes and the rest are the session's to judge)
@@ -82,6 +87,8 @@ class Daemon:
         self._watch: rtnl.LinkWatch | None = None
         self._link_up = True
         self.real_stop = False
+        self.resolver: Resolver | None = None  # keeps a UDP remote given by name resolved
+        self.event_hooks = hooks.EventHooks()
 
     def stop(self, reason: str, code: int = 0, real: bool = False) -> None:
         """`real`: a real stop (Ctrl-C), which removes what a restart keeps."""
@@ -122,12 +129,14 @@ class Daemon:
             self.core = core = Tunnel(session, icfg.mode, icfg.max_packet,
                                       allowed_ips=enc.allowed_ips if enc else None,
                                       clamp=clamp_limits(cfg) if icfg.clamp_mss else None,
-                                      vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp")
+                                      vnet=device.vnet, mtu=icfg.mtu, stream=tcfg.protocol == "tcp",
+                                      peer_timeout=cfg.peer_timeout)
             self.relay = relay = Relay(core, device, on_fatal=lambda why: self.stop(why, 1), arm=self._arm,
                                        on_event=self._on_event)
             undo.callback(lambda: self._timer and self._timer.cancel())
             await self._open_transport()
             undo.callback(lambda: self.transport.close())
+            undo.callback(lambda: self.resolver and self.resolver.close())
             loop.add_reader(device.fileno(), relay.device_readable)
             undo.callback(loop.remove_reader, device.fileno())
 
@@ -162,6 +171,8 @@ class Daemon:
             log.info("%s: up, %s over %s", device.name, icfg.mode, ", then ".join(t.protocol for t in cfg.transports))
             if tcfg.protocol == "tcp" or isinstance(self.transport, TransportSet):
                 self.transport.start_connecting()
+            if self.resolver is not None:  # after the privilege drop, as the TCP client's lookups
+                self.resolver.start()
             relay.start()
             self.notifier.ready(self.status_line())
             self._tick_watchdog()
@@ -169,6 +180,7 @@ class Daemon:
             reason, code = await self.stopping
             log.info("stopping: %s", reason)
             self.notifier.stopping()
+            self.event_hooks.close()
             if cfg.hooks.down:
                 try:
                     await hooks.run("down", cfg.hooks.down, self._hook_env())
@@ -191,6 +203,8 @@ class Daemon:
                                                              steer=cfg.encryption is not None)
             # plaintext cannot prove who sent a packet: a configured peer is pinned
             core.set_endpoint(remote, pinned=cfg.encryption is None and remote is not None)
+            if tcfg.remote is not None and not is_ip(tcfg.remote.host):
+                self.resolver = self._resolver(tcfg)
         else:
             self.transport = await TcpTransport.open(tcfg, cfg.max_message, relay.messages,
                                                      relay.peer_up, relay.peer_down, relay.transport_error,
@@ -198,6 +212,24 @@ class Daemon:
                                                      opening=OPENING if cfg.encryption is not None else None,
                                                      counters=core.counters.add(Counters()))
         relay.transport = self.transport
+
+    def _resolver(self, tcfg) -> Resolver:
+        """A resolver for a UDP remote given by name, for the bound socket's family."""
+        sock = self.transport.sock
+        return Resolver(tcfg.remote, sock.family, netaddr.is_dual(sock), self._resolved,
+                        floor=tcfg.resolve_min, ceiling=tcfg.resolve_max)
+
+    def _resolved(self, new, old, why: str) -> None:
+        """The resolver has another address for the peer. A new answer does not
+        override an address the peer authenticated from (it roamed there and
+        answers); an unanswered handshake moves on whatever it was."""
+        core = self.core
+        if why == "resolved" and core.endpoint is not None and core.endpoint != old and not core.pinned:
+            log.info("%s: keeping %s, where the peer was last heard from", self.cfg.transport.remote,
+                     format_address(core.endpoint))
+            return
+        core.set_endpoint(new, pinned=self.cfg.encryption is None, why=why)
+        self.relay.start()  # takes the events; a session with a keepalive says hello to the new address
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -273,9 +305,22 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
 
-    def _hook_env(self) -> dict[str, str]:
+    def _hook_env(self, **extra: str) -> dict[str, str]:
         icfg = self.cfg.interface
-        return hooks.environment(self.device.name, icfg.mode, icfg.mtu, icfg.addresses, _peer(self.core, plain=True))
+        return hooks.environment(self.device.name, icfg.mode, icfg.mtu, icfg.addresses, _peer(self.core, plain=True), **extra)
+
+    def _event_hook(self, kind: str, **extra: str) -> None:
+        """Queue an event's hooks (hooks.EventHooks: one at a time, beside the packet path)."""
+        commands = getattr(self.cfg.hooks, kind)
+        if commands and not self.stopping.done():
+            self.event_hooks.add(kind, commands, self._hook_env(TUNNELD_EVENT=kind, TUNNELD_TRANSPORT=self._protocol(),
+                                                                **extra))
+
+    def _protocol(self) -> str:
+        """The transport in use: udp or tcp (a list's active entry)."""
+        if isinstance(self.transport, TransportSet):
+            return self.transport.status()["transport_active"]
+        return self.cfg.transport.protocol
 
     # --- systemd: watchdog and status ----------------------------------------------
 
@@ -295,17 +340,31 @@ class Daemon:
 
     def _on_event(self, event) -> None:
         """What the core reported (core/events.py), already logged: a handshake,
-        the peer moved, a connection lost or back change what STATUS= says in
-        short, so systemd hears it now rather than at the next tick."""
+        the peer moved, up or down, a connection lost or back change what
+        STATUS= says in short, so systemd hears it now rather than at the next
+        tick. The peer's comings and goings run their hooks; an unanswered
+        handshake tells the resolver (a transport list: moves it)."""
         if isinstance(self.transport, TransportSet):
             self.transport.on_event(event)  # handshakes answered or not move a transport list
+        if isinstance(event, _UNANSWERED) and self.resolver is not None:
+            self.resolver.unanswered()
+        elif isinstance(event, PeerUp):
+            self._event_hook("peer_up")
+        elif isinstance(event, PeerDown):
+            self._event_hook("peer_down", TUNNELD_PEER=_plain(event.peer), TUNNELD_REASON=event.why)
+        elif isinstance(event, EndpointChanged):
+            self._event_hook("endpoint_changed", TUNNELD_OLD_ENDPOINT=_plain(event.old),
+                             TUNNELD_NEW_ENDPOINT=_plain(event.new), TUNNELD_REASON=event.why)
         if isinstance(event, _STATUS_EVENTS) and self.notifier.sock is not None and not self.stopping.done():
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
         st = self.snapshot()
         lost = self.cfg.transport.protocol == "tcp" and st["peer"] is None and self.core.had_stream
-        peer = f"peer {st['peer']}" if st["peer"] else ("connection lost" if lost else "no peer yet")
+        peer = f"peer {st['peer']}" if st["peer"] else ("connection lost" if lost else
+                                                       f"resolving {st['resolving']}" if st["resolving"] else "no peer yet")
+        if st["peer"] and st["peer_state"] != "not heard yet":
+            peer += f" {st['peer_state']}"  # up, or down since it went silent
         if st["encryption"] == "plaintext":
             return f"{st['interface']} up, {peer} (plaintext)"
         hs = st["last_handshake_seconds_ago"]
@@ -328,6 +387,10 @@ class Daemon:
             "encryption": "plaintext" if enc is None else ("wireguard" if enc.wireguard_compatible else "tunneld"),
             "offload": self._offload_state(),
             "peer": _peer(core),
+            "peer_state": core.peer_state,
+            "resolving": self.cfg.transport.remote.host if self.resolver is not None and self.resolver.current is None
+            else None,
+            "transport_protocol": self._protocol(),
             "last_handshake_seconds_ago": None if last is None else round(now - last, 1),
             "rx": vars(c.rx).copy(),
             "tx": vars(c.tx).copy(),
@@ -399,7 +462,8 @@ class Daemon:
         p = plan(old, new)
         core, link = self.core, self.link
         # first what may fail, changing nothing: resolving the peer, making a session
-        remote = core.endpoint
+        remote, resolver = core.endpoint, None
+        ep = new.transport.remote
         listed = isinstance(self.transport, TransportSet)
         if listed and (p.remote or p.failback):
             try:
@@ -408,27 +472,40 @@ class Daemon:
                 return False, str(e)
         elif p.remote and new.transport.protocol == "udp":
             remote = None
-            if new.transport.remote is not None:
+            if ep is not None and is_ip(ep.host):
                 try:
-                    _, remote = await netaddr.resolve(new.transport.remote, self.transport.sock.family, socket.SOCK_DGRAM)
+                    _, remote = await netaddr.resolve(ep, self.transport.sock.family, socket.SOCK_DGRAM)
                 except StartupError as e:
                     return False, f"transport.remote: {e}"
+            elif ep is not None:  # a new name: it must resolve now (then it is followed like the first)
+                resolver = self._resolver(new.transport)
+                try:
+                    remote = await resolver.first()
+                except LookupError as e:
+                    resolver.close()
+                    return False, f"transport.remote: {e}"
+
+        def refuse(why: str) -> tuple[bool, str]:
+            if resolver is not None:
+                resolver.close()
+            return False, why
+
         session = None
         if p.keys:
             try:
                 session = make_session(new, offload=core.vnet)
             except StartupError as e:
-                return False, str(e)
+                return refuse(str(e))
         # then the kernel, all or nothing, compared with what it really has
         icfg, fwmark = new.interface, new.transport.fwmark
         if p.link and not self.can_net_admin:
-            return False, ("addresses or routes changed, but run_as.keep_net_admin is false: "
-                           "no capability is left to change them; restart to apply")
+            return refuse("addresses or routes changed, but run_as.keep_net_admin is false: "
+                          "no capability is left to change them; restart to apply")
         if self.can_net_admin:
             try:
                 link.change(icfg.addresses, routing.routes(icfg.routes, fwmark), routing.rules(icfg.routes, fwmark))
             except StartupError as e:
-                return False, str(e)
+                return refuse(str(e))
         # last what cannot fail
         if p.log_level:
             logging.getLogger("tunneld").setLevel(new.log_level.upper())
@@ -436,15 +513,24 @@ class Daemon:
             self.transport.reload(new.transports, remotes, new.failback)
         elif p.remote:
             if new.transport.protocol == "udp":
+                if self.resolver is not None:
+                    self.resolver.close()
+                self.resolver = resolver
+                if resolver is not None:
+                    resolver.start()
                 core.set_endpoint(remote, pinned=new.encryption is None and remote is not None)
             else:
                 self.transport.set_remote(new.transport.remote)
+        elif self.resolver is not None:
+            self.resolver.refresh()  # every reload asks the name again
         if session is not None:
             core.replace_session(session)  # the same peer's replay guard carries over (rekey_from)
         elif p.keepalive:
             core.set_keepalive(new.transport.keepalive)
         if p.allowed_ips:
             core.set_allowed(new.encryption.allowed_ips)
+        if p.peer_timeout:
+            core.set_peer_timeout(new.peer_timeout)
         self.cfg = new
         self.relay.start()  # a new session or keepalive may want to speak now
         if p.link or p.remote:
@@ -483,6 +569,11 @@ def make_session(cfg: Config, offload: bool = False):
     except DHError:  # config.parse refuses such a key; this is for a Config built any other way
         raise StartupError("encryption.peer_public_key is a low-order point: no shared secret can come of it") from None
     return session
+
+
+def _plain(addr) -> str:
+    """An address for a hook's environment: host:port, without a list's transport name."""
+    return format_address(addr.raw if isinstance(addr, Via) else addr)
 
 
 def _peer(core: Tunnel | None, plain: bool = False) -> str | None:

@@ -41,6 +41,8 @@ _HELP = [
     ("reconnects_total", "counter", "TCP connections re-established", lambda s: s["reconnects"]),
     ("transport_changes_total", "counter", "Moves of the tunnel between the entries of a transport list",
      lambda s: s.get("transport_changes", 0)),
+    ("peer_up", "gauge", "1 while the peer is up (heard from within peer_timeout), else 0; transport: udp or tcp",
+     lambda s: int(s["peer_state"] == "up")),
     ("last_handshake_seconds", "gauge", "Seconds since the last handshake (absent: never)", lambda s: s["last_handshake_seconds_ago"]),
     ("uptime_seconds", "gauge", "Seconds since start", lambda s: s["uptime_seconds"]),
     ("metrics_clients_evicted_total", "counter", "Metrics connections closed to make room for a newer one",
@@ -57,18 +59,21 @@ def label_value(text: str) -> str:
 
 
 def render(st: dict) -> str:
-    label = f'{{name="{label_value(st["name"])}",interface="{label_value(st["interface"])}"}}'
+    labels = f'name="{label_value(st["name"])}",interface="{label_value(st["interface"])}"'
+    # the peer's gauge also says over which transport: a label on it alone, so the
+    # counters' series stay the same whatever carries them
+    peer_labels = f'{labels},transport="{label_value(st["transport_protocol"])}"'
     out = []
     for name, kind, help_text, get in _HELP:
         value = get(st)
         out.append(f"# HELP tunneld_{name} {help_text}")
         out.append(f"# TYPE tunneld_{name} {kind}")
         if value is not None:
-            out.append(f"tunneld_{name}{label} {value}")
+            out.append(f"tunneld_{name}{{{peer_labels if name == 'peer_up' else labels}}} {value}")
     if "transport_active" in st:  # which transport carries the tunnel: its protocol and place in the list
         out += ["# HELP tunneld_transport_active The transport in use (1), by protocol and entry of the list",
                 "# TYPE tunneld_transport_active gauge",
-                f'tunneld_transport_active{label[:-1]},transport="{label_value(st["transport_active"])}",'
+                f'tunneld_transport_active{{{labels},transport="{label_value(st["transport_active"])}",'
                 f'entry="{st.get("transport_entry", 0)}"}} 1']
     return "\n".join(out) + "\n"
 

@@ -3,9 +3,9 @@ tunnel, and what changed. The daemon owns the running state and applies it.
 
 Live: the peer endpoint (every entry's, with a list of transports), keys and
 preshared key, keepalive, failback, allowed IPs, log level, addresses and
-routes. Everything else (mode, a transport's protocol or listen address, the
-number of transports, device name, MTU, ...) needs a restart: the reload is
-refused and the old config stays.
+routes, the peer timeout. Everything else (mode, a transport's protocol or
+listen address, the number of transports, device name, MTU, ...) needs a
+restart: the reload is refused and the old config stays.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 RESTART_KEYS = {
     "interface": ["name", "mode", "mtu", "mac", "bridge", "persistent", "clamp_mss", "offload"],
-    "transport": ["protocol", "listen", "fwmark"],
+    "transport": ["protocol", "listen", "fwmark", "resolve_min", "resolve_max"],
 }
 
 
@@ -28,6 +28,7 @@ class Plan:
     keepalive: bool = False
     allowed_ips: bool = False
     failback: bool = False
+    peer_timeout: bool = False
 
     def changed(self, new) -> list[str]:
         """The names of what changed, for the log and the reload's answer."""
@@ -35,7 +36,7 @@ class Plan:
             "log_level": f"log_level {new.log_level}", "link": "addresses and routes",
             "remote": f"peer endpoint {', '.join(str(t.remote) for t in new.transports if t.remote)}",
             "keys": "keys", "keepalive": "keepalive", "allowed_ips": "allowed_ips",
-            "failback": f"failback {new.failback} s",
+            "failback": f"failback {new.failback} s", "peer_timeout": f"peer_timeout {new.peer_timeout} s",
         }
         return [text for field, text in words.items() if getattr(self, field)]
 
@@ -76,4 +77,5 @@ def plan(old, new) -> Plan:
         keepalive=old.transport.keepalive != new.transport.keepalive,
         allowed_ips=ne is not None and oe.allowed_ips != ne.allowed_ips,
         failback=old.failback != new.failback,
+        peer_timeout=old.peer_timeout != new.peer_timeout,
     )

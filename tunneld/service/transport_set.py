@@ -81,6 +81,12 @@ class TransportSet:
                 if t.protocol == "udp":
                     member, remote = await UdpTransport.open(t, on_messages, cfg.max_message,
                                                              relay.transport_error, steer=True)
+                    if remote is None and t.remote is not None:  # a host name: looked up now, and at a reload
+                        try:
+                            _, remote = await netaddr.resolve(t.remote, member.sock.family, socket.SOCK_DGRAM)
+                        except BaseException:
+                            member.close()
+                            raise
                     self.remotes[i] = via(remote, "udp", i) if remote is not None else None
                 else:
                     member = await TcpTransport.open(t, cfg.max_message, on_messages, self._on_up(i), self._on_down(i),
