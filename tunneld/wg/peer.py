@@ -41,7 +41,7 @@ from tunneld.wg import messages
 from tunneld.wg.admission import Admission
 from tunneld.packet.chunks import MAX_CHUNKS, Reassembly
 from tunneld.packet.limits import ETHERNET_HEADER, MAX_IP_PACKET, VLAN_ROOM, VNET_HEADER
-from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, CHUNK_STRIDE, FLAG_CHUNK, FLAGS_KNOWN,
+from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, CHUNK_STRIDE, FLAG_CHUNK, FLAGS_KNOWN, PADDING_MULTIPLE,
                                   REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TRANSPORT_HEADER_SIZE,
                                   TRANSPORT_MIN_SIZE, COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, MESSAGE_TRANSPORT, TUNNELD_IDENTIFIER,
@@ -57,6 +57,11 @@ from tunneld.wg.timers import Timers
 
 
 _CHUNK_HEADER = struct.Struct("<BBBBIQ")  # type, flags, chunk index, chunk count, receiver, counter
+_TRANSPORT_HEADER = struct.Struct("<BBHIQ")  # type, flags (reserved in WireGuard), reserved, receiver, counter
+_ZEROS = bytes(PADDING_MULTIPLE)
+
+
+RECEIVE_BUFFER = 65536  # bytes: one UDP GRO read's plaintexts, or a TCP read's first frames (the rest: the long way)
 
 
 class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
@@ -97,6 +102,8 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
             self.reassembly = Reassembly(VNET_HEADER + ETHERNET_HEADER + VLAN_ROOM + MAX_IP_PACKET)
         else:
             self.reassembly = None
+        # where open() decrypts a batch's ordinary messages: as much as one read brings
+        self._recv_view = memoryview(bytearray(RECEIVE_BUFFER))
         self._joined: list = []  # keys of super-packets handed out whole by the last open()
         self._partials: list = []  # super-packets given up (packet/chunks.Partial), for the core to salvage
         self.padding_trailer = padding_trailer
@@ -180,17 +187,22 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
                 release(key)
             self._joined = []
         kp = self.current
-        chunks = kp is not None and kp.chunks and now - kp.created < REJECT_AFTER_TIME
+        usable = kp is not None and now - kp.created < REJECT_AFTER_TIME
+        chunks = usable and kp.chunks
+        room = 0  # where the next plaintext goes in the receive buffer
         i, n = 0, len(batch)
         while i < n:
             message = batch[i]
-            if chunks and message[0] == MESSAGE_TRANSPORT and message[1] & FLAG_CHUNK:
-                end, took = self._open_chunks(kp, batch, i, addr, now, packets)
+            if usable and len(message) >= TRANSPORT_MIN_SIZE and message[0] == MESSAGE_TRANSPORT:
+                if chunks and message[1] & FLAG_CHUNK:
+                    end, took = self._open_chunks(kp, batch, i, addr, now, packets)
+                else:
+                    end, took, room = self._open_run(kp, batch, i, addr, now, packets, room)
                 if took:
                     accepted = addr
                 if end > i:
                     i = end
-                    continue  # else not a chunk of the current keypair after all: the long way
+                    continue  # else not for the current keypair after all: the long way
             i += 1
             self._accepted = None
             opened = self._open_one(message, addr, now)
@@ -208,6 +220,66 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
         else:
             out = NOTHING
         return Opened(packets, accepted, out)
+
+    def _open_run(self, kp, batch, i: int, addr: Address, now: float, packets: list,
+                  room: int) -> tuple[int, int, int]:
+        """The run of ordinary transport messages on the current keypair from batch[i]
+        on (a GRO batch is one): each decrypted into its own place in one receive
+        buffer, no allocation per packet, the window per counter, and the timers
+        and rotation once for the run; receive._receive_transport's checks in the
+        same order. The packets are views valid until the next open().
+        -> (where the run ended, how many were authentic, the buffer's next free byte)."""
+        unpack, nonce = _TRANSPORT_HEADER.unpack_from, NONCE.pack
+        counters, buf = self.counters, self._recv_view
+        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
+        offload, strict, trailer = kp.offload, self.compatible, self.padding_trailer
+        n, took, data, limit = len(batch), 0, False, len(buf)
+        while i < n:
+            message = batch[i]
+            size = len(message) - TRANSPORT_MIN_SIZE
+            if size < 0 or room + size > limit:
+                break
+            kind, flags, reserved, receiver, counter = unpack(message)
+            if kind != MESSAGE_TRANSPORT or receiver != local or (strict and (flags or reserved)) \
+                    or (offload and flags & FLAG_CHUNK):
+                break
+            i += 1
+            if counter >= REJECT_AFTER_MESSAGES:
+                counters.rx.drops += 1
+                continue
+            into = buf[room:room + size]
+            try:
+                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:],
+                             message[:TRANSPORT_HEADER_SIZE] if offload else None, into)
+            except InvalidTag:
+                self._auth_failed(now, addr, "transport message that did not authenticate")
+                continue
+            if not check(counter, REJECT_AFTER_MESSAGES):
+                counters.rx.drops += 1
+                counters.replays += 1
+                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                continue
+            room += size
+            if trailer and size:  # frame || k zero bytes || k (tunneld mode, TAP)
+                k = into[-1]
+                end = size - 1 - k
+                if k >= PADDING_MULTIPLE or end < 1 or into[end:size - 1] != _ZEROS[:k]:
+                    counters.rx.errors += 1
+                    self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
+                    continue
+                into = into[:end]
+            if not offload:
+                flags = 0
+            elif flags & ~FLAGS_KNOWN:
+                self._unknown_flags(flags, addr)
+                continue
+            took += 1
+            if size:
+                data = True
+                packets.append((into, flags))
+        if took:
+            self._transport_received(kp, addr, now, data)
+        return i, took, room
 
     def _open_chunks(self, kp, batch, i: int, addr: Address, now: float, packets: list) -> tuple[int, int]:
         """The run of chunks on the current keypair from batch[i] on (a GRO batch is
