@@ -433,6 +433,8 @@ class Tunnel:
             to = self.endpoint
             if to is None:
                 self.own.tx.drops += len(messages)
+            elif len(messages) == 1:
+                self._datagrams.append((messages[0], to))
             else:
                 self._datagrams.extend([(m, to) for m in messages])
 

@@ -150,8 +150,12 @@ class Relay:
 
     def _send(self, datagrams, now: float) -> None:
         """Runs of messages to one address go in one send_many (UDP GSO: one sendmsg)."""
-        start = 0
         n = len(datagrams)
+        if n == 1:  # a lone packet (a ping, an ACK): straight out
+            message, addr = datagrams[0]
+            self._send_run((message,), addr, now)
+            return
+        start = 0
         for i in range(1, n + 1):
             if i == n or datagrams[i][1] != datagrams[start][1]:
                 self._send_run([m for m, _ in datagrams[start:i]], datagrams[start][1], now)
