@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import os
-import struct
 import random
 from typing import Callable
 
@@ -41,24 +40,19 @@ from tunneld.wg import messages
 from tunneld.wg.admission import Admission
 from tunneld.packet.chunks import MAX_CHUNKS, Reassembly
 from tunneld.packet.limits import ETHERNET_HEADER, MAX_IP_PACKET, VLAN_ROOM, VNET_HEADER
-from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, CHUNK_STRIDE, FLAG_CHUNK, FLAGS_KNOWN, PADDING_MULTIPLE,
-                                  REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TRANSPORT_HEADER_SIZE,
+from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, CHUNK_STRIDE, FLAG_CHUNK, REJECT_AFTER_TIME,
                                   TRANSPORT_MIN_SIZE, COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, HANDSHAKES_BURST,
                                   HANDSHAKES_PER_SECOND, IDENTIFIER, MESSAGE_TRANSPORT, TUNNELD_IDENTIFIER,
                                   UNDER_LOAD_AFTER, UNDER_LOAD_BACKLOG)
 from tunneld.wg.cookie import CookieChecker, CookieGenerator
 from tunneld.wg.keypair import Keypair, Keypairs
 from tunneld.wg.noise import Handshake
-from tunneld.wg.primitives import NONCE, InvalidTag
 from tunneld.wg.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND, LoadMeter, RateLimiter, TokenBucket
 from tunneld.wg.receive import Receiver
 from tunneld.wg.send import Sender
 from tunneld.wg.timers import Timers
 
 
-_CHUNK_HEADER = struct.Struct("<BBBBIQ")  # type, flags, chunk index, chunk count, receiver, counter
-_TRANSPORT_HEADER = struct.Struct("<BBHIQ")  # type, flags (reserved in WireGuard), reserved, receiver, counter
-_ZEROS = bytes(PADDING_MULTIPLE)
 
 
 RECEIVE_BUFFER = 65536  # bytes: one UDP GRO read's plaintexts, or a TCP read's first frames (the rest: the long way)
@@ -220,115 +214,6 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
         else:
             out = NOTHING
         return Opened(packets, accepted, out)
-
-    def _open_run(self, kp, batch, i: int, addr: Address, now: float, packets: list,
-                  room: int) -> tuple[int, int, int]:
-        """The run of ordinary transport messages on the current keypair from batch[i]
-        on (a GRO batch is one): each decrypted into its own place in one receive
-        buffer, no allocation per packet, the window per counter, and the timers
-        and rotation once for the run; receive._receive_transport's checks in the
-        same order. The packets are views valid until the next open().
-        -> (where the run ended, how many were authentic, the buffer's next free byte)."""
-        unpack, nonce = _TRANSPORT_HEADER.unpack_from, NONCE.pack
-        counters, buf = self.counters, self._recv_view
-        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
-        offload, strict, trailer = kp.offload, self.compatible, self.padding_trailer
-        n, took, data, limit = len(batch), 0, False, len(buf)
-        while i < n:
-            message = batch[i]
-            size = len(message) - TRANSPORT_MIN_SIZE
-            if size < 0 or room + size > limit:
-                break
-            kind, flags, reserved, receiver, counter = unpack(message)
-            if kind != MESSAGE_TRANSPORT or receiver != local or (strict and (flags or reserved)) \
-                    or (offload and flags & FLAG_CHUNK):
-                break
-            i += 1
-            if counter >= REJECT_AFTER_MESSAGES:
-                counters.rx.drops += 1
-                continue
-            into = buf[room:room + size]
-            try:
-                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:],
-                             message[:TRANSPORT_HEADER_SIZE] if offload else None, into)
-            except InvalidTag:
-                self._auth_failed(now, addr, "transport message that did not authenticate")
-                continue
-            if not check(counter, REJECT_AFTER_MESSAGES):
-                counters.rx.drops += 1
-                counters.replays += 1
-                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
-                continue
-            room += size
-            if trailer and size:  # frame || k zero bytes || k (tunneld mode, TAP)
-                k = into[-1]
-                end = size - 1 - k
-                if k >= PADDING_MULTIPLE or end < 1 or into[end:size - 1] != _ZEROS[:k]:
-                    counters.rx.errors += 1
-                    self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
-                    continue
-                into = into[:end]
-            if not offload:
-                flags = 0
-            elif flags & ~FLAGS_KNOWN:
-                self._unknown_flags(flags, addr)
-                continue
-            took += 1
-            if size:
-                data = True
-                packets.append((into, flags))
-        if took:
-            self._transport_received(kp, addr, now, data)
-        return i, took, room
-
-    def _open_chunks(self, kp, batch, i: int, addr: Address, now: float, packets: list) -> tuple[int, int]:
-        """The run of chunks on the current keypair from batch[i] on (a GRO batch is
-        one): per message only the header, the place, the AEAD call and the window
-        (receive._receive_chunk's checks, in the same order); the timers and the
-        rotation once for the run. -> (where the run ended, how many were authentic)."""
-        unpack, nonce = _CHUNK_HEADER.unpack_from, NONCE.pack
-        reassembly, counters = self.reassembly, self.counters
-        target, commit = reassembly.target, reassembly.commit
-        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
-        n, took = len(batch), 0
-        while i < n:
-            message = batch[i]
-            size = len(message) - TRANSPORT_MIN_SIZE
-            if size <= 0:
-                break
-            kind, flags, index, count, receiver, counter = unpack(message)
-            if kind != MESSAGE_TRANSPORT or not flags & FLAG_CHUNK or receiver != local:
-                break
-            i += 1
-            key = (local, counter - index)
-            into = target(key, index, count, size) if counter < REJECT_AFTER_MESSAGES else None
-            if into is None:
-                counters.rx.drops += 1
-                continue
-            try:
-                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:], message[:TRANSPORT_HEADER_SIZE], into)
-            except InvalidTag:
-                self._auth_failed(now, addr, "transport message that did not authenticate")
-                continue
-            if not check(counter, REJECT_AFTER_MESSAGES):
-                counters.rx.drops += 1
-                counters.replays += 1
-                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
-                continue
-            flags &= ~FLAG_CHUNK
-            if flags & ~FLAGS_KNOWN:
-                self._unknown_flags(flags | FLAG_CHUNK, addr)
-                continue
-            took += 1
-            whole, given_up = commit(key, index, count, size, now)
-            if given_up:
-                self._partials.extend(given_up)
-            if whole is not None:
-                self._joined.append(key)
-                packets.append((whole, flags))
-        if took:
-            self._transport_received(kp, addr, now, True)
-        return i, took
 
     def partials(self) -> list:
         """Super-packets given up since the last call (packet/chunks.Partial), each

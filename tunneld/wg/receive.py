@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+
 from tunneld.core.contract import Address
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted,
                                  HandshakeStale, Notice)
-from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, FLAG_CHUNK, FLAGS_KNOWN,
+from tunneld.wg.constants import (CAP_CHUNKS, CAP_SUPER_PACKETS, FLAG_CHUNK, FLAGS_KNOWN, MESSAGE_TRANSPORT,
                                   TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, KEEPALIVE_TIMEOUT, MESSAGE_RESPONSE,
                                   PADDING_MULTIPLE, REJECT_AFTER_MESSAGES,
                                   REJECT_AFTER_TIME, REKEY_ON_RECEIVE_AGE,
@@ -15,6 +17,10 @@ from tunneld.wg.noise import HandshakeError, StaleHandshake, State
 from tunneld.wg.primitives import NONCE, InvalidTag
 from tunneld.wg.keypair import Keypair
 
+
+_CHUNK_HEADER = struct.Struct("<BBBBIQ")  # type, flags, chunk index, chunk count, receiver, counter
+_TRANSPORT_HEADER = struct.Struct("<BBHIQ")  # type, flags (reserved in WireGuard), reserved, receiver, counter
+_ZEROS = bytes(PADDING_MULTIPLE)
 
 INITIATIONS_PER_SECOND = 50  # a peer's initiations closer together than 20 ms are a flood
 
@@ -109,7 +115,7 @@ class Receiver:
             self.counters.rx.drops += 1
             return None
         if kp.chunks and message[1] & FLAG_CHUNK:
-            return self._receive_chunk(kp, message, counter, addr, now)
+            return self._receive_chunk(kp, message, addr, now)
         try:
             if kp.offload:
                 plaintext = kp.recv.open(counter, message[16:], bytes(message[:16]))
@@ -140,42 +146,120 @@ class Receiver:
         self.counters.rx.errors += 1
         self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
 
-    def _receive_chunk(self, kp: Keypair, message: bytes | memoryview, counter: int, addr: Address,
-                       now: float) -> tuple | None:
-        """Chunk message[2] of message[3] (packet/chunks.py), decrypted straight into
-        its place in the reassembly; the whole plaintext once its last chunk came.
-        Nothing is marked before the chunk authenticated (chunks.Reassembly.target)."""
-        index, count = message[2], message[3]
-        size = len(message) - TRANSPORT_MIN_SIZE
-        key = (kp.local_index, counter - index)
-        reassembly = self.reassembly
-        into = reassembly.target(key, index, count, size)
-        if into is None:
-            self.counters.rx.drops += 1  # a duplicate, or geometry no plaintext has: refused unread
-            return None
-        try:
-            kp.recv.aead.decrypt_into(NONCE.pack(counter), message[TRANSPORT_HEADER_SIZE:],
-                                      message[:TRANSPORT_HEADER_SIZE], into)
-        except InvalidTag:
-            self._auth_failed(now, addr, "transport message that did not authenticate")
-            return None
-        if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
-            self.counters.rx.drops += 1
-            self.counters.replays += 1
-            self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
-            return None
-        flags = message[1] & ~FLAG_CHUNK
-        if flags & ~FLAGS_KNOWN:
-            self._unknown_flags(message[1], addr)
-            return None
-        whole, given_up = reassembly.commit(key, index, count, size, now)
-        if given_up:
-            self._partials.extend(given_up)
-        self._transport_received(kp, addr, now, True)
-        if whole is None:
-            return None
-        self._joined.append(key)
-        return whole, flags
+    def _receive_chunk(self, kp: Keypair, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
+        """A chunk on a keypair other than the current one (the run's loop, for one)."""
+        out: list = []
+        self._open_chunks(kp, (message,), 0, addr, now, out)
+        return out[0] if out else None
+
+    def _open_run(self, kp, batch, i: int, addr: Address, now: float, packets: list,
+                  room: int) -> tuple[int, int, int]:
+        """The run of ordinary transport messages on the current keypair from batch[i]
+        on (a GRO batch is one): each decrypted into its own place in one receive
+        buffer, no allocation per packet, the window per counter, and the timers
+        and rotation once for the run; receive._receive_transport's checks in the
+        same order. The packets are views valid until the next open().
+        -> (where the run ended, how many were authentic, the buffer's next free byte)."""
+        unpack, nonce = _TRANSPORT_HEADER.unpack_from, NONCE.pack
+        counters, buf = self.counters, self._recv_view
+        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
+        offload, strict, trailer = kp.offload, self.compatible, self.padding_trailer
+        n, took, data, limit = len(batch), 0, False, len(buf)
+        while i < n:
+            message = batch[i]
+            size = len(message) - TRANSPORT_MIN_SIZE
+            if size < 0 or room + size > limit:
+                break
+            kind, flags, reserved, receiver, counter = unpack(message)
+            if kind != MESSAGE_TRANSPORT or receiver != local or (strict and (flags or reserved)) \
+                    or (offload and flags & FLAG_CHUNK):
+                break
+            i += 1
+            if counter >= REJECT_AFTER_MESSAGES:
+                counters.rx.drops += 1
+                continue
+            into = buf[room:room + size]
+            try:
+                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:],
+                             message[:TRANSPORT_HEADER_SIZE] if offload else None, into)
+            except InvalidTag:
+                self._auth_failed(now, addr, "transport message that did not authenticate")
+                continue
+            if not check(counter, REJECT_AFTER_MESSAGES):
+                counters.rx.drops += 1
+                counters.replays += 1
+                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                continue
+            room += size
+            if trailer and size:  # frame || k zero bytes || k (tunneld mode, TAP)
+                k = into[-1]
+                end = size - 1 - k
+                if k >= PADDING_MULTIPLE or end < 1 or into[end:size - 1] != _ZEROS[:k]:
+                    counters.rx.errors += 1
+                    self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
+                    continue
+                into = into[:end]
+            if not offload:
+                flags = 0
+            elif flags & ~FLAGS_KNOWN:
+                self._unknown_flags(flags, addr)
+                continue
+            took += 1
+            if size:
+                data = True
+                packets.append((into, flags))
+        if took:
+            self._transport_received(kp, addr, now, data)
+        return i, took, room
+
+    def _open_chunks(self, kp, batch, i: int, addr: Address, now: float, packets: list) -> tuple[int, int]:
+        """The run of chunks on the current keypair from batch[i] on (a GRO batch is
+        one): per message only the header, the place, the AEAD call and the window
+        (receive._receive_chunk's checks, in the same order); the timers and the
+        rotation once for the run. -> (where the run ended, how many were authentic)."""
+        unpack, nonce = _CHUNK_HEADER.unpack_from, NONCE.pack
+        reassembly, counters = self.reassembly, self.counters
+        target, commit = reassembly.target, reassembly.commit
+        decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
+        n, took = len(batch), 0
+        while i < n:
+            message = batch[i]
+            size = len(message) - TRANSPORT_MIN_SIZE
+            if size <= 0:
+                break
+            kind, flags, index, count, receiver, counter = unpack(message)
+            if kind != MESSAGE_TRANSPORT or not flags & FLAG_CHUNK or receiver != local:
+                break
+            i += 1
+            key = (local, counter - index)
+            into = target(key, index, count, size) if counter < REJECT_AFTER_MESSAGES else None
+            if into is None:
+                counters.rx.drops += 1
+                continue
+            try:
+                decrypt_into(nonce(counter), message[TRANSPORT_HEADER_SIZE:], message[:TRANSPORT_HEADER_SIZE], into)
+            except InvalidTag:
+                self._auth_failed(now, addr, "transport message that did not authenticate")
+                continue
+            if not check(counter, REJECT_AFTER_MESSAGES):
+                counters.rx.drops += 1
+                counters.replays += 1
+                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                continue
+            flags &= ~FLAG_CHUNK
+            if flags & ~FLAGS_KNOWN:
+                self._unknown_flags(flags | FLAG_CHUNK, addr)
+                continue
+            took += 1
+            whole, given_up = commit(key, index, count, size, now)
+            if given_up:
+                self._partials.extend(given_up)
+            if whole is not None:
+                self._joined.append(key)
+                packets.append((whole, flags))
+        if took:
+            self._transport_received(kp, addr, now, True)
+        return i, took
 
     def _transport_received(self, kp: Keypair, addr: Address, now: float, data: bool) -> None:
         """An authentic transport message on `kp`: rotation, rekey-on-receive, timers."""
