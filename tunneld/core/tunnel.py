@@ -13,9 +13,12 @@ each layer counts in its own part (core/counters.py); the core writes `own`.
 
 With a virtio-header device (`vnet`), a device read may be a 64 KB super-packet.
 It leaves whole when the session's keypair carries super-packets and the
-transport is a stream (TCP: one AEAD call, one frame); cut into segments with
-partial checksums, each with its own header, when that keypair goes over UDP
-(every datagram fits the MTU, so a loss costs one segment); and cut into
+transport is a stream (TCP: one AEAD call, one frame); whole as chunks at the
+underlay's size over UDP when the keypair joins chunks (packet/chunks.py: each
+its own AEAD message, so a loss costs only the segments it touched; the
+session salvages those that arrived); cut into segments with partial
+checksums, each with its own header, for a peer that takes super-packets but
+not chunks; and cut into
 ordinary packets with finished checksums for any other peer (WireGuard,
 simpletun, a tunneld without the capability). What arrives is checked
 (packet/virtio.py) and, when authenticated, TCP segments are joined again

@@ -424,7 +424,9 @@ class Daemon:
             return f"off ({device.fallback})"
         session = self.core.session
         if session.offload_peer:
-            wire = "whole over tcp" if self.core.stream else "segments with partial checksums"
+            current = session.current if isinstance(session, WireGuardSession) else None
+            wire = ("whole over tcp" if self.core.stream else "chunks at the underlay's size"
+                    if current is not None and current.chunks else "segments with partial checksums")
             return f"{device.offload_names}; peer takes super-packets ({wire})"
         return f"{device.offload_names}; cut into packets for the peer"
 
