@@ -110,7 +110,7 @@ def test_udp_blocked_moves_to_tcp_and_back(lab):
     changes = metric(lab, a, "tunneld_transport_changes_total{")
     assert len(changes) == 1 and changes[0].endswith("} 2"), changes
     lab.ping(a, "10.9.0.2", count=5)
-    # and back over UDP a super-packet is cut into segments again (a whole one would not fit a datagram)
+    # and back over UDP a super-packet goes as chunks again (a whole one would not fit a datagram)
     assert status(lab, da)["offload"].endswith("(chunks at the underlay's size)")
     sent, got = lab.transfer(a, b, "10.9.0.2", size=5_000_000)
     assert sent == got
