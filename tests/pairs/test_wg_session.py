@@ -486,6 +486,34 @@ def test_a_lost_chunk_costs_only_the_segments_it_touched():
     assert w.b.counters.salvaged == 1
 
 
+def test_a_loss_is_salvaged_before_the_next_super_packet_is_written():
+    """The next super-packet's chunks say the lost one is lost: what arrived of the
+    first reaches the device at once and before the second, so TCP inside sees a
+    hole of the lost segments only (not of 64 KB it would resend)."""
+    from tunneld.packet import segment
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    held = []
+    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
+        and (held.append(bytes(message)) or True)
+    buf1, frame1, header1 = _super_packet()
+    w.a.send(buf1)
+    w.run(0.001)
+    first = len(held)
+    buf2, _, _ = _super_packet(9000)
+    w.a.send(buf2)
+    w.run(0.001)
+    w.drop = lambda message, src, dst: False
+    w.net.hosts[A].send_many(held[:5] + held[6:], B)  # chunk 5 of the first lost
+    w.run(0.001)  # far less than chunks.TIMEOUT
+    written = w.b.device.written
+    assert len(held) > first + 1 and written[-1][10:] == buf2[10:]  # the second, whole, last
+    segments = segment.split(frame1, header1, False, True)
+    assert _segments_of(written[:-1]) == [bytes(seg) for k, seg in enumerate(segments) if k not in (5, 6)]
+    assert w.b.counters.salvaged == 1
+
+
 def test_reordered_and_repeated_chunks_arrive_once_whole():
     w = World(compatible=False, offload=True)
     _handshake(w)

@@ -18,6 +18,8 @@ OnMessages = Callable[[list, Address], None]  # the messages one read brought, a
 # second byte of an authenticated transport message header (wg/constants.py).
 FLAG_VNET = 0x01  # the packet leads with a virtio_net_hdr: a super-packet
 FLAG_PARTIAL = 0x02  # a plain packet whose TCP/UDP checksum is left partial
+# Never on the wire: what a session's open() hands the core besides packets.
+FLAG_INCOMPLETE = 0x100  # a chunked plaintext that will never be whole (packet/chunks.Partial): salvage it
 
 
 class Segmented:

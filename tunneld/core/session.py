@@ -10,7 +10,8 @@ nothing is handed in to be written:
                                             FLAG_* (a super-packet, a partial checksum),
                                             only if sends_offload(now)
     open(batch, addr, now) -> Opened        what one read from `addr` brought:
-        .packets   [(packet, flags)]        for the device (b"": a keepalive, left out)
+        .packets   [(packet, flags)]        for the device (b"": a keepalive, left out); with
+                                            FLAG_INCOMPLETE, a chunks.Partial to salvage there
         .source    address | None           where an accepted message came from
                                             (authenticated, when the session can tell)
         .send      [(message, addr|None)]   answers (None: to the peer's endpoint)

@@ -31,7 +31,7 @@ import collections
 import dataclasses
 
 from tunneld.core.counters import Counters, CounterSet
-from tunneld.core.contract import FLAG_PARTIAL, FLAG_VNET, Address
+from tunneld.core.contract import FLAG_INCOMPLETE, FLAG_PARTIAL, FLAG_VNET, Address
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import EndpointChanged, Notice, OffloadChanged, PeerDown, PeerMoved, PeerUp, StreamChanged
 from tunneld.packet.chunks import salvage
@@ -220,7 +220,10 @@ class Tunnel:
                 self.peer_up = True
                 self._events.append(PeerUp(self.endpoint))
         for packet, flags in opened.packets:
-            self._check(packet, flags, addr, now)
+            if flags & FLAG_INCOMPLETE:  # a chunked one that will never be whole: what arrived, in its place
+                self._salvage((packet,), addr, now)
+            else:
+                self._check(packet, flags, addr, now)
         partials = session.partials()
         if partials:
             self._salvage(partials, addr, now)
@@ -236,14 +239,15 @@ class Tunnel:
         """An opened packet on its way to the device: dropped and counted unless it is whole and allowed."""
         rx = self.own.rx
         session = self.session
-        header = None
+        header = whole = None
         if flags & FLAG_VNET:  # the plaintext leads with a virtio header
             if len(packet) <= VNET_HEADER:
                 rx.errors += 1
                 self.note(now, "malformed", "warning", f"dropped a {len(packet)}-byte message from {_fmt(addr)}: no room for its virtio header")
                 return
             header = virtio.unpack(packet)
-            packet = memoryview(packet)[VNET_HEADER:]
+            whole = memoryview(packet)
+            packet = whole[VNET_HEADER:]
         n = size = len(packet)
         if self.mode == "tun":
             version = packet[0] >> 4
@@ -300,7 +304,11 @@ class Tunnel:
         if coalescer is None:
             self._packets.append(packet)
         elif header is not None and header.gso:
-            coalescer.add_whole(header.pack() + packet)
+            if whole.readonly:
+                coalescer.add_whole(header.pack() + packet)
+            else:  # the session's own buffer (joined chunks, a decrypted frame): the checked header in place
+                whole[:VNET_HEADER] = header.pack()
+                coalescer.add_whole(whole)
             self.own.super_writes += 1
         elif session.authenticated:
             coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)

@@ -12,6 +12,7 @@ per-segment header or checksum work on the common path.
     commit(key, index, count, size) -> the chunk was authentic: record it;
                                        the whole super-packet once complete
     stale(key_prefix, newest)       -> super-packets whose chunks stopped coming
+                                       (worth calling once newest > stale_at)
     expired(now) / deadline()       -> the same by time, for the core's timer
 
 `key` names one super-packet: (the keypair's local index, the counter of its
@@ -37,10 +38,14 @@ from tunneld.packet import layout, segment, virtio
 MAX_CHUNKS = 64  # chunks of one super-packet: one UDP GSO send carries it whole
 SLOTS = 8  # super-packets being joined at once
 TIMEOUT = 0.05  # s: an incomplete super-packet is given up this long after its first chunk
-REORDER = 2 * MAX_CHUNKS  # messages later than a super-packet's last chunk before it is given up
+# messages later than a super-packet's last chunk before it is given up: small, so that
+# what arrived of it reaches the device before the next super-packet is whole (TCP
+# inside then sees a hole of the lost segments, not of 64 KB, and retransmits those)
+REORDER = 2
 
 
 _NOT_YET: tuple = (None, ())
+_NEVER = float("inf")
 
 
 class Partial(NamedTuple):
@@ -82,6 +87,7 @@ class Reassembly:
         self._by_key: dict[Hashable, _Slot] = {}
         self._scratch = bytearray(capacity)
         self._scratch_view = memoryview(self._scratch)
+        self.stale_at = _NEVER  # stale() gives something up only for a counter above this
         self.refused = 0  # chunks refused before decryption (held already, bad geometry, no room)
         self.given_up = 0  # super-packets that never became whole
 
@@ -133,7 +139,10 @@ class Reassembly:
             slot.stride = size
             slot.have |= 1 << index
             slot.missing -= 1
-            return _NOT_YET if slot.missing else (slot.view[:slot.total()], ())
+            if slot.missing:
+                return _NOT_YET
+            self._watermark()
+            return slot.view[:slot.total()], ()
         given_up: list[Partial] = []
         if slot is None:
             slot, given_up = self._new_slot(key, count, now)
@@ -160,6 +169,7 @@ class Reassembly:
             slot.tail = None
         if slot.missing:
             return None, given_up
+        self._watermark()
         return slot.view[:slot.total()], given_up
 
     @property
@@ -207,10 +217,16 @@ class Reassembly:
             free = oldest
         free.reset(key, count, now)
         self._by_key[key] = free
+        self._watermark()
         return free, given_up
 
+    def _watermark(self) -> None:
+        """stale_at: the lowest counter past which an incomplete super-packet is stale."""
+        ends = [k[1] + s.count - 1 for k, s in self._by_key.items() if s.missing]
+        self.stale_at = min(ends) + REORDER if ends else _NEVER
+
     def _give_up(self, slot: _Slot) -> Partial:
-        """Stop waiting for `slot`; what arrived is returned (valid until the slot is reused)."""
+        """Stop waiting for `slot`; what arrived is returned (a copy of its own)."""
         self.given_up += 1
         del self._by_key[slot.key]
         slot.busy = False
@@ -231,7 +247,9 @@ class Reassembly:
                 else:
                     pieces.append((start, end))
         end = pieces[-1][1] if pieces else 0
-        return Partial(slot.key, slot.view[:end], pieces)
+        self._watermark()
+        # a copy: the slot may take the next super-packet's chunks before this is salvaged
+        return Partial(slot.key, memoryview(bytearray(slot.view[:end])), pieces)
 
 
 def cut(size: int, stride: int) -> int:

@@ -204,10 +204,6 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
                 accepted = self._accepted
             if opened is not None and opened[0]:  # b"": a keepalive, nothing for the device
                 packets.append(opened)
-        if accepted is not None and self.reassembly is not None and self.reassembly.waiting:
-            kp = self.current  # chunks that stopped coming while later messages came: lost, not late
-            if kp is not None and kp.chunks:
-                self._partials.extend(self.reassembly.stale(kp.local_index, kp.replay.last))
         out = self._out
         if out:
             self._out = []
@@ -216,8 +212,9 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
         return Opened(packets, accepted, out)
 
     def partials(self) -> list:
-        """Super-packets given up since the last call (packet/chunks.Partial), each
-        valid until the next open() or handle_timer(): the core salvages them."""
+        """Super-packets given up by time since the last call (packet/chunks.Partial),
+        for the core to salvage; open() hands over those given up by sequence in
+        order among its packets (flag FLAG_INCOMPLETE)."""
         out = self._partials
         if not out:
             return NOTHING

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from tunneld.core.contract import Address
+from tunneld.core.contract import FLAG_INCOMPLETE, Address
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted,
                                  HandshakeStale, Notice)
@@ -250,10 +250,12 @@ class Receiver:
             if flags & ~FLAGS_KNOWN:
                 self._unknown_flags(flags | FLAG_CHUNK, addr)
                 continue
+            if counter > reassembly.stale_at:  # an older one stopped coming: what arrived of it goes first
+                packets.extend([(partial, FLAG_INCOMPLETE) for partial in reassembly.stale(local, counter)])
             took += 1
             whole, given_up = commit(key, index, count, size, now)
-            if given_up:
-                self._partials.extend(given_up)
+            if given_up:  # evicted for room
+                packets.extend([(partial, FLAG_INCOMPLETE) for partial in given_up])
             if whole is not None:
                 self._joined.append(key)
                 packets.append((whole, flags))
