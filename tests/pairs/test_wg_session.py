@@ -512,6 +512,42 @@ def test_a_loss_is_salvaged_before_the_next_super_packet_is_written():
     segments = segment.split(frame1, header1, False, True)
     assert _segments_of(written[:-1]) == [bytes(seg) for k, seg in enumerate(segments) if k not in (5, 6)]
     assert w.b.counters.salvaged == 1
+    count = len(written)
+    w.net.hosts[A].send(held[5], B)  # the lost chunk after all, too late: it takes no slot, nothing is written
+    w.run(0.001)
+    assert len(w.b.device.written) == count and not w.b.session.reassembly.waiting
+
+
+def test_chunks_late_across_a_rekey_still_arrive_whole_or_salvaged():
+    """Chunks on the keypair before a rekey take the long way, one at a time: a chunk
+    that both gives up one super-packet and completes another hands over both."""
+    from tunneld.packet import segment
+    w = World(compatible=False, offload=True)
+    _handshake(w)
+    w.b.device.written.clear()
+    held = []
+    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
+        and (held.append(bytes(message)) or True)
+    buf1, frame1, header1 = _super_packet()
+    w.a.send(buf1)
+    buf2, _, _ = _super_packet(3500)  # 3 chunks: its last one also tells that chunk 5 of the first is lost
+    w.a.send(buf2)
+    w.run(0.001)
+    w.drop = lambda message, src, dst: False
+    old = w.b.session.current
+    w.run(6)  # past the 5 s between handshakes
+    w.a.session._initiate(w.clock.now, retry=False)  # a new keypair: the held chunks are on the previous one
+    w.a.relay.timer_fired()
+    w.run(0.001)
+    assert w.b.session.current is not old and w.b.session.previous is old
+    w.b.device.written.clear()
+    for message in held[:5] + held[6:]:  # one per read; chunk 5 of the first lost
+        w.net.hosts[A].send(message, B)
+        w.run(0.0001)
+    written = w.b.device.written
+    assert written and written[-1][10:] == buf2[10:]  # the second, whole
+    segments = segment.split(frame1, header1, False, True)
+    assert _segments_of(written[:-1]) == [bytes(seg) for k, seg in enumerate(segments) if k not in (5, 6)]
 
 
 def test_reordered_and_repeated_chunks_arrive_once_whole():

@@ -308,7 +308,7 @@ class Tunnel:
                 coalescer.add_whole(header.pack() + packet)
             else:  # the session's own buffer (joined chunks, a decrypted frame): the checked header in place
                 whole[:VNET_HEADER] = header.pack()
-                coalescer.add_whole(whole)
+                coalescer.add_whole(whole[:VNET_HEADER + len(packet)])  # as checked: a TUN packet's padding trimmed
             self.own.super_writes += 1
         elif session.authenticated:
             coalescer.add(packet, header.pack() if header is not None and header.flags else None, lay)

@@ -172,6 +172,10 @@ class Reassembly:
         self._watermark()
         return slot.view[:slot.total()], given_up
 
+    def holds(self, key: Hashable) -> bool:
+        """Some chunk of this super-packet is here (it has a slot)."""
+        return key in self._by_key
+
     @property
     def waiting(self) -> bool:
         """Some super-packet is incomplete (cheap: checked once per batch)."""

@@ -360,7 +360,7 @@ class Daemon:
 
     def status_line(self) -> str:
         st = self.snapshot()
-        lost = self.cfg.transport.protocol == "tcp" and st["peer"] is None and self.core.had_stream
+        lost = self._protocol() == "tcp" and st["peer"] is None and self.core.had_stream
         peer = f"peer {st['peer']}" if st["peer"] else ("connection lost" if lost else
                                                        f"resolving {st['resolving']}" if st["resolving"] else "no peer yet")
         if st["peer"] and st["peer_state"] != "not heard yet":

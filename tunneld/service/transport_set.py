@@ -232,7 +232,7 @@ class TransportSet:
                     self.policy.after, describe(t), target + 1, len(self.entries))
         if t.protocol == "udp":
             remote = self.remotes[target]
-            self.core.set_endpoint(remote, pinned=False)
+            self.core.set_endpoint(remote, pinned=False, why="failover")
             self._dial_as_needed()
             if remote is not None:
                 self.relay.probe(remote)  # the initiation that went nowhere goes here now, at once

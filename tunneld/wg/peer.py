@@ -199,11 +199,13 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
                     continue  # else not for the current keypair after all: the long way
             i += 1
             self._accepted = None
-            opened = self._open_one(message, addr, now)
+            self._open_one(message, addr, now, packets)
             if self._accepted is not None:
                 accepted = self._accepted
-            if opened is not None and opened[0]:  # b"": a keepalive, nothing for the device
-                packets.append(opened)
+            if self.current is not kp:  # a handshake rotated the keypairs: the runs use the new current one
+                kp = self.current
+                usable = kp is not None and now - kp.created < REJECT_AFTER_TIME
+                chunks = usable and kp.chunks
         out = self._out
         if out:
             self._out = []
@@ -234,13 +236,14 @@ class WireGuardSession(Sender, Receiver, Admission, Timers, Keypairs):
             self._partials.extend(self.reassembly.expired(now))
         return Timers.handle_timer(self, now)
 
-    def _open_one(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
-        """One message -> (plaintext, offload flags) of a transport message, or None."""
+    def _open_one(self, message: bytes | memoryview, addr: Address, now: float, packets: list) -> None:
+        """One message the long way: a transport message's (plaintext, offload flags),
+        or what a chunk completed or gave up, go on `packets`."""
         kind = messages.classify(message, strict_reserved=self.compatible)
         if kind == MESSAGE_TRANSPORT:
-            return self._receive_transport(message, addr, now)
-        if kind == 0:
+            self._receive_transport(message, addr, now, packets)
+        elif kind == 0:
             self.counters.rx.errors += 1
             self._events.append(Notice("junk", "warning", f"dropped {len(message)} bytes from {_fmt(addr)}: not a WireGuard message"))
-            return None
-        return self._admit(kind, message, addr, now)
+        else:
+            self._admit(kind, message, addr, now)

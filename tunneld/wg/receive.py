@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from tunneld.core.contract import FLAG_INCOMPLETE, Address
+from tunneld.packet.chunks import REORDER
 from tunneld.core.contract import format_address as _fmt
 from tunneld.core.events import (AuthFailed, CookieReceived, HandshakeAnswered, HandshakeCompleted,
                                  HandshakeStale, Notice)
@@ -102,20 +103,21 @@ class Receiver:
             self._initiate(now, retry=True, gap=False)
             self._retried_for_cookie = True
 
-    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
+    def _receive_transport(self, message: bytes | memoryview, addr: Address, now: float, packets: list) -> None:
         receiver = int.from_bytes(message[4:8], "little")
         kp = self.current
         if kp is None or kp.local_index != receiver:
             kp = self.next if self.next is not None and self.next.local_index == receiver else self.previous
             if kp is None or kp.local_index != receiver:
                 self.counters.rx.drops += 1  # unknown index: an old session, or noise
-                return None
+                return
         counter = int.from_bytes(message[8:16], "little")
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self.counters.rx.drops += 1
-            return None
+            return
         if kp.chunks and message[1] & FLAG_CHUNK:
-            return self._receive_chunk(kp, message, addr, now)
+            self._open_chunks(kp, (message,), 0, addr, now, packets)  # the run's loop, for one
+            return
         try:
             if kp.offload:
                 plaintext = kp.recv.open(counter, message[16:], bytes(message[:16]))
@@ -123,34 +125,29 @@ class Receiver:
                 plaintext = kp.recv.open(counter, message[16:])
         except InvalidTag:
             self._auth_failed(now, addr, "transport message that did not authenticate")
-            return None
+            return
         if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
             self.counters.rx.drops += 1
             self.counters.replays += 1
             self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
-            return None
+            return
         if self.padding_trailer and plaintext:
             plaintext = self._strip_trailer(plaintext)
             if plaintext is None:  # authentic, so the peer's bug, not an attack: still dropped
                 self.counters.rx.errors += 1
                 self._events.append(Notice("trailer", "warning", f"dropped a frame from {_fmt(addr)} with a malformed padding trailer"))
-                return None
+                return
         flags = message[1] if kp.offload else 0
         if flags & ~FLAGS_KNOWN:  # authentic, so a newer peer's idea: not ours to guess
             self._unknown_flags(flags, addr)
-            return None
+            return
         self._transport_received(kp, addr, now, bool(plaintext))
-        return plaintext, flags
+        if plaintext:  # b"": a keepalive, nothing for the device
+            packets.append((plaintext, flags))
 
     def _unknown_flags(self, flags: int, addr: Address) -> None:
         self.counters.rx.errors += 1
         self._events.append(Notice("flags", "warning", f"dropped a packet from {_fmt(addr)} with unknown offload flags {flags:#x}"))
-
-    def _receive_chunk(self, kp: Keypair, message: bytes | memoryview, addr: Address, now: float) -> tuple | None:
-        """A chunk on a keypair other than the current one (the run's loop, for one)."""
-        out: list = []
-        self._open_chunks(kp, (message,), 0, addr, now, out)
-        return out[0] if out else None
 
     def _open_run(self, kp, batch, i: int, addr: Address, now: float, packets: list,
                   room: int) -> tuple[int, int, int]:
@@ -215,12 +212,13 @@ class Receiver:
     def _open_chunks(self, kp, batch, i: int, addr: Address, now: float, packets: list) -> tuple[int, int]:
         """The run of chunks on the current keypair from batch[i] on (a GRO batch is
         one): per message only the header, the place, the AEAD call and the window
-        (receive._receive_chunk's checks, in the same order); the timers and the
+        (the long path's checks, in the same order); the timers and the
         rotation once for the run. -> (where the run ended, how many were authentic)."""
         unpack, nonce = _CHUNK_HEADER.unpack_from, NONCE.pack
         reassembly, counters = self.reassembly, self.counters
         target, commit = reassembly.target, reassembly.commit
         decrypt_into, check, local = kp.recv.aead.decrypt_into, kp.replay.check_and_update, kp.local_index
+        window = kp.replay
         n, took = len(batch), 0
         while i < n:
             message = batch[i]
@@ -249,6 +247,9 @@ class Receiver:
             flags &= ~FLAG_CHUNK
             if flags & ~FLAGS_KNOWN:
                 self._unknown_flags(flags | FLAG_CHUNK, addr)
+                continue
+            if counter - index + count - 1 + REORDER < window.last and not reassembly.holds(key):
+                counters.rx.drops += 1  # late for a super-packet given up already: it would hold a slot in vain
                 continue
             if counter > reassembly.stale_at:  # an older one stopped coming: what arrived of it goes first
                 packets.extend([(partial, FLAG_INCOMPLETE) for partial in reassembly.stale(local, counter)])
