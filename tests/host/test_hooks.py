@@ -161,6 +161,9 @@ async def test_event_hooks_run_one_at_a_time_in_order_and_a_failure_does_not_sto
     runner.add("peer_up", [f"echo up >> {out}"], env)
     runner.add("endpoint_changed", [], env)  # no commands: nothing queued
     assert len(runner.pending) == 2
+    await asyncio.sleep(0.5)
+    assert runner._task is None and not out.exists()  # held while the daemon starts
+    runner.release()
     await asyncio.wait_for(runner._task, 10)
     assert out.read_text() == "down 10.77.0.9:55555\nup\n"  # the slow one first: never side by side
     assert "peer_down hook 'exit 4' exited with 4: (no output)" in [r.getMessage() for r in records]

@@ -6,6 +6,8 @@ import ipaddress
 import socket
 from types import SimpleNamespace
 
+import json
+
 import pytest
 
 from tunneld.host import kept as keptmod
@@ -172,6 +174,12 @@ def test_the_file_round_trips_and_refuses_what_it_is_not(tmp_path):
     for text in ("{", "[]", '{"device": "tun0"}'):
         with pytest.raises(ValueError, match="not a tunneld state file"):
             keptmod.loads(text)
+    # link changes the run_as user could have written: anything but link_body's keywords and types is refused
+    good = json.loads(keptmod.dumps(k))
+    for bad in ({"colour": 1}, {"mtu": "1500"}, {"mtu": -1}, {"up": 1}, {"mac": "0200"}, {"mac": "zz"}, {"master": True}):
+        text = json.dumps({**good, "link_undo": [["set it", bad]]})
+        with pytest.raises(ValueError, match="not a tunneld state file"):
+            keptmod.loads(text)
 
 
 def test_remove_touches_only_full_tunnel_rules_and_our_guards_whatever_the_file_says():
@@ -204,3 +212,22 @@ def test_remove_touches_only_full_tunnel_rules_and_our_guards_whatever_the_file_
 def test_what_systemd_says_decides_between_a_real_stop_and_a_restart(job, result, keep):
     env = {} if result is None else {"SERVICE_RESULT": result}
     assert (down.keep_reason(env, job) is not None) == keep
+
+
+def test_a_removal_that_fails_stays_in_the_record(tmp_path):
+    """A real stop that cannot remove a rule (EPERM) keeps it in the file, so
+    that `tunneld down` can try again; what went is forgotten."""
+    nl, path = Nl(), str(tmp_path / "t.kept")
+    link = full(nl, path)
+    stuck = RULES[0]
+    removed = nl.del_rule
+
+    def del_rule(r):
+        if r == stuck:
+            raise NetlinkError(errno.EPERM, "remove rule")
+        removed(r)
+    nl.del_rule = del_rule
+    link.undo()
+    k = keptmod.load(path)
+    assert k is not None and k.rules == (stuck,) and not k.routes
+    assert nl.rules_ == [stuck] and not GUARDS & nl.routes_

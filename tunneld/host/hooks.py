@@ -41,12 +41,20 @@ class EventHooks:
     """Event hooks run one at a time, in the order of their events, in a task of
     their own: the packet path never waits for them. A failing one is logged and
     the next runs. At most MAX_PENDING wait; close() ends the running one (and
-    what it started) and drops the rest."""
+    what it started) and drops the rest. None runs before release(): the daemon
+    releases them once started (after the up hook and the privilege drop)."""
 
     def __init__(self, timeout: float = HOOK_TIMEOUT):
         self.timeout = timeout
         self.pending: collections.deque = collections.deque()
         self._task: asyncio.Task | None = None
+        self.held = True  # until release(): events during start wait (the up hook, the privilege drop)
+
+    def release(self) -> None:
+        """Start is done: run what waited, and from now on each as it comes."""
+        self.held = False
+        if self.pending and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event hooks")
 
     def add(self, kind: str, commands, env: dict[str, str]) -> None:
         if not commands:
@@ -55,7 +63,7 @@ class EventHooks:
             log.warning("%s hooks skipped: %d hooks still wait for the one running", kind, len(self.pending))
             return
         self.pending.append((kind, commands, env))
-        if self._task is None:
+        if self._task is None and not self.held:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="event hooks")
 
     async def _run(self) -> None:

@@ -94,6 +94,23 @@ def dumps(k: Kept) -> str:
     }, indent=1) + "\n"
 
 
+_LINK_KEYS = {"up": bool, "mtu": int, "master": int, "mac": str}  # rtnl.link_body's keywords, as JSON has them
+
+
+def _link_change(u: dict) -> dict:
+    """One link_undo entry, checked: only link_body's keywords, each of its type
+    (the file may belong to the run_as user; a bad one is refused, never a traceback)."""
+    out = {}
+    for key, value in u.items():
+        kind = _LINK_KEYS.get(key)
+        if kind is None or type(value) is not kind or (kind is int and not 0 <= value <= 0xFFFFFFFF):
+            raise ValueError(f"link change {key!r}: {value!r}")
+        out[key] = bytes.fromhex(value) if key == "mac" else value
+    if "mac" in out and len(out["mac"]) != 6:
+        raise ValueError("link change 'mac': not 6 bytes")
+    return out
+
+
 def loads(text: str) -> Kept:
     """The file's Kept; ValueError when it is not one."""
     try:
@@ -105,8 +122,7 @@ def loads(text: str) -> Kept:
         routes = tuple(Route(ipaddress.ip_network(r["net"]), int(r["table"]), bool(r["unreachable"]),
                              None if r["metric"] is None else int(r["metric"])) for r in d["routes"])
         addresses = tuple(ipaddress.ip_interface(a) for a in d["addresses"])
-        link_undo = tuple((str(what), {k: bytes.fromhex(v) if k == "mac" else v for k, v in u.items()})
-                          for what, u in d["link_undo"])
+        link_undo = tuple((str(what), _link_change(u)) for what, u in d["link_undo"])
         return Kept(str(d["device"]), bool(d["persistent"]), rules, routes, addresses, bool(d["brought_up"]),
                     link_undo)
     except (ValueError, KeyError, TypeError, AttributeError) as e:

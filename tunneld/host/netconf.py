@@ -259,13 +259,18 @@ class LinkSetup:
                 steps.append(("bring the link down", lambda: nl.set_link(index, "bring the link down", up=False)))
             link_undo = self.link_undo + ([] if spare else self.link_undo_before)
             steps += [(what, lambda what=what, u=u: nl.set_link(index, what, **u)) for what, u in reversed(link_undo)]
+        failed = set()  # rules, routes and addresses still there: the record keeps them for `tunneld down`
+        removing = {f"remove rule {r}": r for r in self.rules} | {f"remove route {r}": r for r in self.routes} \
+            | {f"remove address {a}": a for a in self.addresses}
         for what, step in steps:
             try:
                 step()
             except NetlinkError as e:
                 if e.errno not in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV):
                     log.warning("%s: cannot undo '%s': %s", self.name, what, _plain(e.errno))
-        self.added &= set(spare)
+                    if what in removing:
+                        failed.add(removing[what])
+        self.added &= set(spare) | failed
         self.link_undo.clear()
         self.brought_up = False
         if not spare:

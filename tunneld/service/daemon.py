@@ -136,6 +136,7 @@ class Daemon:
             undo.callback(lambda: self._timer and self._timer.cancel())
             await self._open_transport()
             undo.callback(lambda: self.transport.close())
+            undo.callback(self.event_hooks.close)
             undo.callback(lambda: self.resolver and self.resolver.close())
             loop.add_reader(device.fileno(), relay.device_readable)
             undo.callback(loop.remove_reader, device.fileno())
@@ -173,6 +174,7 @@ class Daemon:
                 self.transport.start_connecting()
             if self.resolver is not None:  # after the privilege drop, as the TCP client's lookups
                 self.resolver.start()
+            self.event_hooks.release()  # what happened meanwhile (a peer up) runs now, as the run_as user
             relay.start()
             self.notifier.ready(self.status_line())
             self._tick_watchdog()
