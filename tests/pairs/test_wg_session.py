@@ -387,7 +387,7 @@ def _handshake(w):
 
 
 def test_both_offload_agree_and_a_super_packet_arrives_joined():
-    from tunneld.packet import segment, virtio
+    from tunneld.packet import virtio
     w = World(compatible=False, offload=True)
     _handshake(w)
     assert w.a.session.current.offload and w.b.session.current.offload
@@ -449,13 +449,19 @@ def _segments_of(written):
     return out
 
 
+def _hold_chunks(w) -> list:
+    """From now on a's chunks are held back (kept in the list returned, in order) instead of sent."""
+    held = []
+    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
+        and (held.append(bytes(message)) or True)
+    return held
+
+
 def _chunks_sent(w, lose=(), repeat=(), order=None):
     """A 20,000-byte super-packet from a to b as chunks, some lost, repeated or
     reordered on the way; returns (what was sent, its segments)."""
     from tunneld.packet import segment
-    held = []
-    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
-        and (held.append(bytes(message)) or True)
+    held = _hold_chunks(w)
     buf, frame, header = _super_packet()
     w.a.send(buf)
     w.run(0.001)
@@ -468,7 +474,6 @@ def _chunks_sent(w, lose=(), repeat=(), order=None):
 
 
 def test_a_lost_chunk_costs_only_the_segments_it_touched():
-    from tunneld.packet import virtio
     from tests.unit.test_offload import valid_l4
     w = World(compatible=False, offload=True)
     _handshake(w)
@@ -494,9 +499,7 @@ def test_a_loss_is_salvaged_before_the_next_super_packet_is_written():
     w = World(compatible=False, offload=True)
     _handshake(w)
     w.b.device.written.clear()
-    held = []
-    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
-        and (held.append(bytes(message)) or True)
+    held = _hold_chunks(w)
     buf1, frame1, header1 = _super_packet()
     w.a.send(buf1)
     w.run(0.001)
@@ -525,9 +528,7 @@ def test_chunks_late_across_a_rekey_still_arrive_whole_or_salvaged():
     w = World(compatible=False, offload=True)
     _handshake(w)
     w.b.device.written.clear()
-    held = []
-    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
-        and (held.append(bytes(message)) or True)
+    held = _hold_chunks(w)
     buf1, frame1, header1 = _super_packet()
     w.a.send(buf1)
     buf2, _, _ = _super_packet(3500)  # 3 chunks: its last one also tells that chunk 5 of the first is lost
@@ -569,9 +570,7 @@ def test_a_forged_chunk_marks_nothing():
     _handshake(w)
     w.b.device.written.clear()
     failures = w.b.counters.auth_failures
-    held = []
-    w.drop = lambda message, src, dst: src == A and message[0] == 4 and bool(message[1] & C.FLAG_CHUNK) \
-        and (held.append(bytes(message)) or True)
+    held = _hold_chunks(w)
     buf, _, _ = _super_packet()
     w.a.send(buf)
     w.run(0.001)

@@ -127,9 +127,7 @@ class Receiver:
             self._auth_failed(now, addr, "transport message that did not authenticate")
             return
         if not kp.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
-            self.counters.rx.drops += 1
-            self.counters.replays += 1
-            self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+            self._replayed(addr)
             return
         if self.padding_trailer and plaintext:
             plaintext = self._strip_trailer(plaintext)
@@ -144,6 +142,12 @@ class Receiver:
         self._transport_received(kp, addr, now, bool(plaintext))
         if plaintext:  # b"": a keepalive, nothing for the device
             packets.append((plaintext, flags))
+
+    def _replayed(self, addr: Address) -> None:
+        """An authentic message whose counter the window has seen (or left behind)."""
+        self.counters.rx.drops += 1
+        self.counters.replays += 1
+        self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
 
     def _unknown_flags(self, flags: int, addr: Address) -> None:
         self.counters.rx.errors += 1
@@ -183,9 +187,7 @@ class Receiver:
                 self._auth_failed(now, addr, "transport message that did not authenticate")
                 continue
             if not check(counter, REJECT_AFTER_MESSAGES):
-                counters.rx.drops += 1
-                counters.replays += 1
-                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                self._replayed(addr)
                 continue
             room += size
             if trailer and size:  # frame || k zero bytes || k (tunneld mode, TAP)
@@ -240,9 +242,7 @@ class Receiver:
                 self._auth_failed(now, addr, "transport message that did not authenticate")
                 continue
             if not check(counter, REJECT_AFTER_MESSAGES):
-                counters.rx.drops += 1
-                counters.replays += 1
-                self._events.append(Notice("replay", "warning", f"dropped a replayed transport message from {_fmt(addr)}"))
+                self._replayed(addr)
                 continue
             flags &= ~FLAG_CHUNK
             if flags & ~FLAGS_KNOWN:
