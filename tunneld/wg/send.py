@@ -6,7 +6,7 @@ import struct
 
 from tunneld.core.contract import Segmented
 from tunneld.core.session import NOTHING
-from tunneld.packet.chunks import MAX_CHUNKS
+from tunneld.packet.chunks import cut
 from tunneld.wg.constants import (AEAD_TAG_SIZE, FLAG_CHUNK, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE,
                                   KEEPALIVE_TIMEOUT, MESSAGE_INITIATION, MESSAGE_TRANSPORT,
                                   PADDING_MULTIPLE, QUEUED_PACKETS_MAX,
@@ -70,8 +70,8 @@ class Sender:
 
     def chunks_of(self, size: int) -> int:
         """How many chunks seal_chunks() cuts `size` bytes into; 0: too many (seal it whole)."""
-        n = -(-size // self.chunk_stride)
-        return n if 1 < n <= MAX_CHUNKS else 0
+        n = cut(size, self.chunk_stride)
+        return n if n > 1 else 0
 
     def seal_chunks(self, data: memoryview, now: float, flags: int) -> list:
         """One plaintext (a super-packet with its virtio header, or a frame over the
